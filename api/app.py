@@ -1,0 +1,126 @@
+"""The app factory and the lifespan that owns every long-lived resource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from api.auth import TokenService
+from api.graphql import GraphQLView
+from api.logs import configure_logging
+from api.metrics import Metrics
+from api.settings import Mode, Settings
+from db.engine import create_engine, make_sessionmaker
+from db.migrate import require_current
+from schema import build_schema
+from schema.context import Services
+from streams.bus import Bus
+
+log = structlog.get_logger(__name__)
+
+
+def build_bus(settings: Settings) -> Bus:
+    if settings.redis_url:
+        return Bus.redis(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl_seconds,
+            queue_size=settings.subscriber_queue_size,
+        )
+    return Bus.memory(
+        history_size=settings.history_size,
+        history_ttl=settings.history_ttl_seconds,
+        queue_size=settings.subscriber_queue_size,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    configure_logging(settings)
+    tokens, generated_secret = TokenService.from_settings(settings)
+    metrics = Metrics()
+    view = GraphQLView(
+        build_schema(settings),
+        graphql_ide="graphiql",
+        allowed_origins=settings.allowed_origins,
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if generated_secret:
+            log.warning(
+                "auth.dev_secret",
+                path=str(settings.dev_secret_path),
+                hint="embedded mode signs tokens with a generated secret; "
+                "set EDUMATRIX_JWT_SECRET for anything shared",
+            )
+        engine = create_engine(settings.resolved_database_url, pool_size=settings.db_pool_size)
+        await require_current(engine)
+        bus = build_bus(settings)
+        await bus.connect()
+        services = Services(
+            sessions=make_sessionmaker(engine), bus=bus, tokens=tokens, metrics=metrics
+        )
+        log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
+        try:
+            yield {"services": services}
+        finally:
+            await bus.close()
+            await engine.dispose()
+            log.info("server.stopped")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        services: Services = request.state.services
+        checks: dict[str, str] = {}
+        try:
+            async with services.sessions() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure means not ready; say which
+            checks["database"] = f"error: {exc.__class__.__name__}"
+        try:
+            await services.bus.check()
+            checks["bus"] = "ok"
+        except Exception as exc:
+            checks["bus"] = f"error: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "mode": settings.mode.value, **checks},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def graphiql(request: Request) -> Response:
+        return RedirectResponse("/graphql")
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        Route("/graphiql", graphiql),
+        Route("/graphql", view),
+        WebSocketRoute("/graphql", view),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
+        raise RuntimeError("refusing a generated secret in cluster mode")
+    return app

@@ -1,0 +1,160 @@
+"""Tokens: verify the JWT of every connection and request, mint tokens for the CLI.
+
+Only the configured algorithm is accepted (so ``alg: none`` and HS/RS confusion are
+refused by PyJWT itself), ``exp`` is mandatory, and every claim the ACL reads is
+validated here once, so the rest of the code can trust a :class:`Viewer`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+
+from api.settings import Settings, read_key
+from streams.acl import Role, Viewer
+from streams.channels import ID_PATTERN
+
+REQUIRED_CLAIMS = ("sub", "role", "inst", "exp")
+
+
+class AuthError(Exception):
+    """The credentials are missing or unacceptable; ``reason`` is safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TokenService:
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        verify_key: str,
+        signing_key: str | None,
+        issuer: str | None = None,
+        audience: str | None = None,
+        leeway_seconds: float = 5.0,
+    ) -> None:
+        self._algorithm = algorithm
+        self._verify_key = verify_key
+        self._signing_key = signing_key
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> tuple[TokenService, bool]:
+        """Build from settings; the flag says the key is a generated dev secret."""
+        if settings.jwt_algorithm == "RS256":
+            assert settings.jwt_public_key is not None  # enforced by Settings
+            private = settings.jwt_private_key
+            service = cls(
+                algorithm="RS256",
+                verify_key=read_key(settings.jwt_public_key),
+                signing_key=read_key(private.get_secret_value()) if private else None,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+            )
+            return service, False
+        secret, generated = settings.signing_secret()
+        service = cls(
+            algorithm="HS256",
+            verify_key=secret,
+            signing_key=secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+        return service, generated
+
+    def verify(self, token: str) -> Viewer:
+        try:
+            claims = jwt.decode(
+                token,
+                self._verify_key,
+                algorithms=[self._algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+        return viewer_from_claims(claims)
+
+    def verify_header(self, value: str | None) -> Viewer:
+        """Verify an ``Authorization`` value; the ``Bearer`` scheme is required."""
+        if not value:
+            raise AuthError("missing Authorization: Bearer <token>")
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("Authorization must be 'Bearer <token>'")
+        return self.verify(token.strip())
+
+    def mint(
+        self,
+        *,
+        sub: str,
+        role: Role,
+        institution: str,
+        departments: Iterable[str] = (),
+        classrooms: Iterable[str] = (),
+        ttl_seconds: int = 3600,
+    ) -> str:
+        if self._signing_key is None:
+            raise AuthError("no signing key configured (set EDUMATRIX_JWT_PRIVATE_KEY)")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": sub,
+            "role": role.value,
+            "inst": institution,
+            "depts": sorted(set(departments)),
+            "classes": sorted(set(classrooms)),
+            "iat": now,
+            "exp": now + ttl_seconds,
+        }
+        if self._issuer:
+            claims["iss"] = self._issuer
+        if self._audience:
+            claims["aud"] = self._audience
+        viewer_from_claims(claims)  # refuse to mint what we would refuse to accept
+        return jwt.encode(claims, self._signing_key, algorithm=self._algorithm)
+
+
+def _id_list(claims: Mapping[str, Any], name: str) -> frozenset[str]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and ID_PATTERN.match(v) for v in value
+    ):
+        raise AuthError(f"claim {name!r} must be a list of ids")
+    return frozenset(value)
+
+
+def viewer_from_claims(claims: Mapping[str, Any]) -> Viewer:
+    sub, inst, role = claims.get("sub"), claims.get("inst"), claims.get("role")
+    if not isinstance(sub, str) or not ID_PATTERN.match(sub):
+        raise AuthError("claim 'sub' must be a user id")
+    if not isinstance(inst, str) or not ID_PATTERN.match(inst):
+        raise AuthError("claim 'inst' must be an institution id")
+    try:
+        parsed_role = Role(str(role))
+    except ValueError as exc:
+        roles = ", ".join(r.value for r in Role)
+        raise AuthError(f"claim 'role' must be one of {roles}") from exc
+    exp = claims.get("exp")
+    return Viewer(
+        user_id=sub,
+        role=parsed_role,
+        institution=inst,
+        departments=_id_list(claims, "depts"),
+        classrooms=_id_list(claims, "classes"),
+        expires_at=datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None,
+    )

@@ -1,0 +1,128 @@
+"""The GraphQL view: HTTP, both WebSocket protocols and GraphiQL on one route.
+
+Authentication happens here, once per HTTP request or WebSocket connection. A
+WebSocket whose ``connection_init`` carries no valid token is closed with 4403
+before any operation runs, in both protocols (legacy ``graphql-ws`` would
+otherwise use 1011), and a connection is closed with 4403 when its token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.websockets import WebSocket, WebSocketState
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.types.unset import UnsetType
+
+from api.auth import AuthError
+from db import repo
+from schema.context import Context, Services
+
+log = structlog.get_logger(__name__)
+
+FORBIDDEN = 4403
+
+
+async def _close_when_expired(websocket: WebSocket, delay: float) -> None:
+    await asyncio.sleep(delay)
+    if websocket.application_state is WebSocketState.CONNECTED:
+        log.info("ws.token_expired")
+        await websocket.close(code=FORBIDDEN, reason="token expired")
+
+
+class _ConnectionTracking:
+    """Shared by both protocol handlers: count the connection, stop the expiry timer."""
+
+    context: Context
+
+    async def _tracked(self, handle: Any) -> None:
+        metrics = self.context.services.metrics
+        metrics.connections.inc()
+        try:
+            await handle()
+        finally:
+            metrics.connections.dec()
+            if self.context.expiry is not None:
+                self.context.expiry.cancel()
+
+
+class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle(self) -> None:
+        await self._tracked(super().handle)
+
+
+class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
+    async def handle(self) -> None:
+        await self._tracked(super().handle)
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await self.send_message({"type": "connection_error"})
+            await self.websocket.close(code=4400, reason="Invalid connection init payload")
+            return
+        self.context.connection_params = payload
+        try:
+            ack_payload: UnsetType | dict[str, object] | None
+            ack_payload = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as exc:
+            await self.send_message({"type": "connection_error", "payload": exc.payload})
+            await self.websocket.close(code=FORBIDDEN, reason="Forbidden")
+            return
+        if isinstance(ack_payload, UnsetType) or ack_payload is None:
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack_payload})
+        self.connection_acknowledged = True
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+
+class GraphQLView(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        services: Services = request.state.services
+        context = Context(request=request, services=services)
+        if isinstance(request, Request):
+            header = request.headers.get("authorization")
+            if header is not None:
+                try:
+                    context.viewer = services.tokens.verify_header(header)
+                except AuthError as exc:
+                    context.auth_error = exc.reason
+                    await self._auth_failed(services, "http", exc.reason)
+        return context
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        value: object = params.get("authorization", params.get("Authorization"))
+        services = context.services
+        try:
+            viewer = services.tokens.verify_header(value if isinstance(value, str) else None)
+        except AuthError as exc:
+            await self._auth_failed(services, "websocket", exc.reason)
+            raise ConnectionRejectionError({"message": exc.reason, "code": "FORBIDDEN"}) from exc
+        context.viewer = viewer
+        if viewer.expires_at is not None and isinstance(context.request, WebSocket):
+            delay = (viewer.expires_at - datetime.now(UTC)).total_seconds()
+            context.expiry = asyncio.create_task(_close_when_expired(context.request, delay))
+        return UnsetType()  # the singleton UNSET; means "ack without payload"
+
+    async def _auth_failed(self, services: Services, transport: str, reason: str) -> None:
+        services.metrics.auth_failures.labels(transport=transport).inc()
+        log.info("auth.failed", transport=transport, reason=reason)
+        await repo.audit(
+            services.sessions, repo.Actor(), "authenticate", transport, "failed", {"reason": reason}
+        )

@@ -1,0 +1,39 @@
+"""Channel subscriptions and positions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from resolvers.access import authorize
+from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
+from schema.context import Context
+from streams.acl import Action
+from streams.envelope import Position
+from streams.hub import Reset
+
+
+async def channel(
+    info: strawberry.Info[Context], name: str, since: PositionInput | None = None
+) -> AsyncGenerator[ChannelEvent, None]:
+    ctx = info.context
+    parsed = await authorize(ctx, name, Action.SUBSCRIBE)
+    start = Position(int(since.offset), since.epoch) if since else None
+    metrics = ctx.services.metrics
+    metrics.subscriptions.labels(kind="channel").inc()
+    try:
+        async with ctx.bus.stream(parsed.name, start) as items:
+            async for item in items:
+                if isinstance(item, Reset):
+                    yield ChannelEvent.reset(parsed.name, item.position)
+                else:
+                    yield ChannelEvent.from_envelope(item)
+                    metrics.observe_delivery(item)
+    finally:
+        metrics.subscriptions.labels(kind="channel").dec()
+
+
+async def channel_position(info: strawberry.Info[Context], name: str) -> ChannelPosition:
+    parsed = await authorize(info.context, name, Action.SUBSCRIBE)
+    return ChannelPosition.from_position(await info.context.bus.position(parsed.name))

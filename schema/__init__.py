@@ -1,0 +1,86 @@
+"""The Strawberry schema: root types wire resolvers; limits and masking guard it."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+
+from resolvers import announcements as ann_r
+from resolvers import channels as chan_r
+from resolvers import institutions as inst_r
+from schema.announcements import Announcement, ChannelEvent, ChannelPosition
+from schema.directory import Institution, Me
+from schema.errors import ApiError
+
+if TYPE_CHECKING:
+    from api.settings import Settings
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
+    original = error.original_error
+    return original is not None and not isinstance(original, ApiError)
+
+
+def build_schema(settings: Settings) -> strawberry.Schema:
+    @strawberry.type
+    class Query:
+        institutions: list[Institution] = strawberry.field(
+            resolver=inst_r.institutions,
+            description="Institutions visible to you (your own).",
+        )
+        institution: Institution = strawberry.field(resolver=inst_r.institution)
+        me: Me = strawberry.field(resolver=inst_r.me)
+        announcements: list[Announcement] = strawberry.field(
+            resolver=ann_r.announcements,
+            description="The newest `last` announcements of a channel, oldest first.",
+        )
+        channel_position: ChannelPosition = strawberry.field(
+            resolver=chan_r.channel_position,
+            description="Where a channel is now; subscribe with `since` to resume from it.",
+        )
+
+    @strawberry.type
+    class Mutation:
+        publish_announcement: Announcement = strawberry.mutation(
+            resolver=ann_r.publish_announcement,
+            description="Store an announcement, audit it and publish it on its channel.",
+        )
+
+    @strawberry.type
+    class Subscription:
+        # The resolver is an async generator of ChannelEvent; mypy sees the field type.
+        channel: ChannelEvent = strawberry.subscription(  # type: ignore[assignment]
+            resolver=chan_r.channel,
+            description=(
+                "Messages of a channel. With `since`, first replays what you missed "
+                "(or says recovered: false), then continues live."
+            ),
+        )
+
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[
+            # Factories: extensions keep per-request state. The two caches share one
+            # module-level LRU, so repeated documents skip parsing and validation.
+            partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
+            partial(MaxTokensLimiter, max_token_count=settings.max_query_tokens),
+            partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
+            partial(ParserCache, maxsize=1024),
+            partial(ValidationCache, maxsize=1024),
+            partial(MaskErrors, should_mask_error=_should_mask),
+        ],
+    )

@@ -1,0 +1,136 @@
+"""Announcements and the envelope events that carry them on channels."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Self
+
+import strawberry
+
+from db import models
+from schema.scalars import Long
+from streams.envelope import Envelope, Position
+
+
+@strawberry.enum
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+@strawberry.type
+class Announcement:
+    id: strawberry.ID
+    channel: str
+    author_id: strawberry.ID
+    title: str
+    body: str
+    priority: Priority
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: models.Announcement) -> Self:
+        created = row.created_at
+        if created.tzinfo is None:  # SQLite hands back naive datetimes
+            created = created.replace(tzinfo=UTC)
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            channel=row.channel,
+            author_id=strawberry.ID(row.author_id),
+            title=row.title,
+            body=row.body,
+            priority=Priority(row.priority),
+            created_at=created,
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        """What travels in the envelope's ``data.announcement``."""
+        return {
+            "id": str(self.id),
+            "channel": self.channel,
+            "authorId": str(self.author_id),
+            "title": self.title,
+            "body": self.body,
+            "priority": self.priority.value,
+            "createdAt": self.created_at.isoformat(),
+        }
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            id=strawberry.ID(data["id"]),
+            channel=data["channel"],
+            author_id=strawberry.ID(data["authorId"]),
+            title=data["title"],
+            body=data["body"],
+            priority=Priority(data["priority"]),
+            created_at=datetime.fromisoformat(data["createdAt"]),
+        )
+
+
+@strawberry.input
+class PublishAnnouncementInput:
+    channel: str
+    title: str
+    body: str
+    priority: Priority = Priority.NORMAL
+
+
+@strawberry.input(description="A position to resume a channel from.")
+class PositionInput:
+    offset: Long  # type: ignore[valid-type]
+    epoch: str
+
+
+@strawberry.type(description="A position in a channel: resume after `offset` in `epoch`.")
+class ChannelPosition:
+    offset: Long  # type: ignore[valid-type]
+    epoch: str
+
+    @classmethod
+    def from_position(cls, position: Position) -> Self:
+        return cls(offset=position.offset, epoch=position.epoch)
+
+
+@strawberry.type(description="One message on a channel, in its delivery envelope.")
+class ChannelEvent:
+    offset: Long  # type: ignore[valid-type]
+    epoch: str
+    channel: str
+    kind: str
+    published_at: datetime
+    recovered: bool = strawberry.field(
+        description=(
+            "False when the server could not replay everything since your position: "
+            "refetch (e.g. Query.announcements) and continue from this event's position."
+        )
+    )
+    announcement: Announcement | None
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Self:
+        data = envelope.data.get("announcement")
+        return cls(
+            offset=envelope.offset,
+            epoch=envelope.epoch,
+            channel=envelope.channel,
+            kind=envelope.kind,
+            published_at=envelope.published_at,
+            recovered=True,
+            announcement=Announcement.from_message(data) if isinstance(data, dict) else None,
+        )
+
+    @classmethod
+    def reset(cls, channel: str, position: Position) -> Self:
+        return cls(
+            offset=position.offset,
+            epoch=position.epoch,
+            channel=channel,
+            kind="reset",
+            published_at=datetime.now(UTC),
+            recovered=False,
+            announcement=None,
+        )

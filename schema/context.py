@@ -1,0 +1,58 @@
+"""The typed per-request (or per-WebSocket-connection) context resolvers receive."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.websockets import WebSocket
+
+from db.engine import Sessions
+from db.repo import Actor
+from schema.errors import Unauthenticated
+from streams.acl import Viewer
+from streams.bus import Bus
+
+if TYPE_CHECKING:
+    from api.auth import TokenService
+    from api.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Services:
+    """Long-lived components the lifespan opens; shared by every request."""
+
+    sessions: Sessions
+    bus: Bus
+    tokens: TokenService
+    metrics: Metrics
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    services: Services
+    viewer: Viewer | None = None
+    auth_error: str | None = None
+    connection_params: dict[str, Any] | None = field(default=None)
+    expiry: asyncio.Task[None] | None = None  # closes a WebSocket when its token expires
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.services.sessions
+
+    @property
+    def bus(self) -> Bus:
+        return self.services.bus
+
+    def require_viewer(self) -> Viewer:
+        if self.viewer is None:
+            raise Unauthenticated(self.auth_error or "authentication required")
+        return self.viewer
+
+    @property
+    def actor(self) -> Actor:
+        v = self.viewer
+        return Actor(v.user_id, v.role.value, v.institution) if v else Actor()

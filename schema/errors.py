@@ -1,0 +1,46 @@
+"""Expected failures, shown to clients with ``extensions.code``.
+
+graphql-core copies an exception's ``extensions`` attribute into the error it
+reports, so raising one of these from a resolver is all it takes. Anything else
+that escapes a resolver is unexpected: it is logged and masked (see
+``schema.build_schema``).
+
+    ApiError
+    ├── Unauthenticated   UNAUTHENTICATED  no or bad credentials
+    ├── Forbidden         FORBIDDEN        authenticated, not allowed
+    ├── BadChannel        BAD_CHANNEL      channel name outside the grammar
+    ├── BadInput          BAD_INPUT        an argument fails validation
+    └── NotFound          NOT_FOUND        no such object (or not visible to you)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    code: ClassVar[str] = "INTERNAL"
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"code": self.code}
+
+
+class Unauthenticated(ApiError):
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(ApiError):
+    code = "FORBIDDEN"
+
+
+class BadChannel(ApiError):
+    code = "BAD_CHANNEL"
+
+
+class BadInput(ApiError):
+    code = "BAD_INPUT"
+
+
+class NotFound(ApiError):
+    code = "NOT_FOUND"

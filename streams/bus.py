@@ -1,0 +1,147 @@
+"""The bus: publish envelopes, subscribe to channels, chosen once from settings.
+
+Embedded mode: broadcaster's ``memory://`` backend and an in-process channel log.
+Cluster mode: :class:`RedisPubSubBackend` for fan-out between processes and
+:class:`RedisChannelLog` for offsets and history, both on one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import structlog
+from broadcaster import Broadcast
+from redis.asyncio import Redis
+
+from streams.envelope import Envelope, Position
+from streams.history import ChannelLog, MemoryChannelLog, RedisChannelLog
+from streams.hub import Feed, Hub, Item, Reset
+from streams.redis_backend import RedisPubSubBackend
+
+log = structlog.get_logger(__name__)
+
+
+class Bus:
+    def __init__(
+        self,
+        broadcast: Broadcast,
+        channel_log: ChannelLog,
+        *,
+        queue_size: int,
+        redis: Redis | None = None,
+        backend: RedisPubSubBackend | None = None,
+    ) -> None:
+        self._broadcast = broadcast
+        self._log = channel_log
+        self._redis = redis
+        self._backend = backend
+        self.hub = Hub(broadcast, channel_log, queue_size=queue_size)
+        self._listener_failed: BaseException | None = None
+
+    @classmethod
+    def memory(cls, *, history_size: int, history_ttl: float, queue_size: int) -> Bus:
+        broadcast = Broadcast("memory://")
+        channel_log = MemoryChannelLog(broadcast, size=history_size, ttl_seconds=history_ttl)
+        return cls(broadcast, channel_log, queue_size=queue_size)
+
+    @classmethod
+    def redis(
+        cls,
+        url: str,
+        *,
+        prefix: str,
+        history_size: int,
+        history_ttl: float,
+        queue_size: int,
+    ) -> Bus:
+        client = Redis.from_url(url, health_check_interval=10)
+        backend = RedisPubSubBackend(client=client, prefix=prefix)
+        broadcast = Broadcast(backend=backend)
+        channel_log = RedisChannelLog(
+            client,
+            prefix=prefix,
+            pubsub_prefix=backend.pubsub_channel(""),
+            size=history_size,
+            ttl_seconds=history_ttl,
+        )
+        return cls(broadcast, channel_log, queue_size=queue_size, redis=client, backend=backend)
+
+    @property
+    def kind(self) -> str:
+        return "redis" if self._redis is not None else "memory"
+
+    async def connect(self) -> None:
+        await self._broadcast.connect()
+        # broadcaster's listener task dies silently on an error; make its death loud.
+        listener: asyncio.Task[None] = self._broadcast._listener_task
+        listener.add_done_callback(self._on_listener_done)
+
+    def _on_listener_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self._listener_failed = task.exception()
+        log.critical("bus.listener_died", error=repr(self._listener_failed))
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self._broadcast.disconnect()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope:
+        return await self._log.publish(channel, kind, data)
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Feed]:
+        return self.hub.subscribe(channel)
+
+    @asynccontextmanager
+    async def stream(
+        self, channel: str, since: Position | None = None
+    ) -> AsyncIterator[AsyncIterator[Item]]:
+        """Replay what followed ``since`` from history, then continue live.
+
+        The live subscription starts *before* history is read, and live messages
+        already replayed are skipped by offset, so nothing published meanwhile is
+        lost or seen twice. If history does not reach back to ``since``, the first
+        item is a :class:`Reset` carrying the current position.
+        """
+        async with self.hub.subscribe(channel) as feed:
+            yield self._resume(channel, feed, since)
+
+    async def _resume(
+        self, channel: str, feed: Feed, since: Position | None
+    ) -> AsyncIterator[Item]:
+        last = since
+        if since is not None:
+            missed = await self._log.read_since(channel, since)
+            if missed is None:
+                last = await self._log.position(channel)
+                yield Reset(last)
+            else:
+                for envelope in missed:
+                    last = envelope.position
+                    yield envelope
+        async for item in feed:
+            if isinstance(item, Envelope) and last is not None and item.epoch == last.epoch:
+                if item.offset <= last.offset:
+                    continue
+            last = item.position
+            yield item
+
+    async def position(self, channel: str) -> Position:
+        return await self._log.position(channel)
+
+    async def read_since(self, channel: str, since: Position) -> list[Envelope] | None:
+        return await self._log.read_since(channel, since)
+
+    async def check(self) -> None:
+        """Raise if this process cannot currently publish or receive."""
+        if self._listener_failed is not None:
+            raise RuntimeError(f"bus listener died: {self._listener_failed!r}")
+        if self._redis is not None:
+            await self._redis.ping()
+        if self._backend is not None and not self._backend.connected:
+            raise RuntimeError("redis pub/sub connection is down")
