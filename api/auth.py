@@ -132,7 +132,7 @@ class TokenService:
 def _id_list(claims: Mapping[str, Any], name: str) -> frozenset[str]:
     value = claims.get(name, [])
     if not isinstance(value, list) or not all(
-        isinstance(v, str) and ID_PATTERN.match(v) for v in value
+        isinstance(v, str) and ID_PATTERN.fullmatch(v) for v in value
     ):
         raise AuthError(f"claim {name!r} must be a list of ids")
     return frozenset(value)
@@ -140,9 +140,9 @@ def _id_list(claims: Mapping[str, Any], name: str) -> frozenset[str]:
 
 def viewer_from_claims(claims: Mapping[str, Any]) -> Viewer:
     sub, inst, role = claims.get("sub"), claims.get("inst"), claims.get("role")
-    if not isinstance(sub, str) or not ID_PATTERN.match(sub):
+    if not isinstance(sub, str) or not ID_PATTERN.fullmatch(sub):
         raise AuthError("claim 'sub' must be a user id")
-    if not isinstance(inst, str) or not ID_PATTERN.match(inst):
+    if not isinstance(inst, str) or not ID_PATTERN.fullmatch(inst):
         raise AuthError("claim 'inst' must be an institution id")
     try:
         parsed_role = Role(str(role))

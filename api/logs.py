@@ -31,3 +31,4 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -19,8 +20,17 @@ Sessions = async_sessionmaker[AsyncSession]
 __all__ = ["Base", "Sessions", "create_engine", "make_sessionmaker"]
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the file but not its directory; a fresh checkout has neither."""
+    if url.startswith("sqlite"):
+        db_file = url.split(":///", 1)[-1]
+        if db_file and db_file != ":memory:":
+            Path(db_file).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if url.startswith("sqlite"):
+        ensure_sqlite_dir(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         # SQLite ignores foreign keys unless asked, and WAL lets readers run during writes.
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -9,6 +9,8 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from db.engine import ensure_sqlite_dir
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -21,10 +23,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Upgrade the database at ``url``; blocking, call it outside an event loop."""
-    if url.startswith("sqlite"):
-        db_file = url.split(":///", 1)[-1]
-        if db_file and db_file != ":memory:":
-            Path(db_file).parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -15,6 +15,10 @@ from typing import Any
 import structlog
 from broadcaster import Broadcast
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.envelope import Envelope, Position
 from streams.history import ChannelLog, MemoryChannelLog, RedisChannelLog
@@ -57,8 +61,15 @@ class Bus:
         history_ttl: float,
         queue_size: int,
     ) -> Bus:
-        client = Redis.from_url(url, health_check_interval=10)
-        backend = RedisPubSubBackend(client=client, prefix=prefix)
+        # Pooled connections go stale when Redis restarts; retry those few commands
+        # on a fresh connection instead of failing the request that hit them.
+        client = Redis.from_url(
+            url,
+            health_check_interval=10,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        backend = RedisPubSubBackend(url, prefix=prefix)
         broadcast = Broadcast(backend=backend)
         channel_log = RedisChannelLog(
             client,

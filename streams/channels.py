@@ -67,7 +67,7 @@ class Channel:
 
 
 def _ident(value: str, what: str, name: str) -> str:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ChannelError(f"invalid {what} id {value!r} in channel {name!r}")
     return value
 

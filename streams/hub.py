@@ -14,6 +14,7 @@ longer reaches back, every feed of the channel gets a :class:`Reset` marker.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -89,8 +90,16 @@ class _Topic:
 
 
 class Hub:
-    def __init__(self, broadcast: Broadcast, channel_log: ChannelLog, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        broadcast: Broadcast,
+        channel_log: ChannelLog,
+        *,
+        queue_size: int,
+        fill_timeout: float = 30.0,
+    ) -> None:
         self._broadcast = broadcast
+        self._fill_timeout = fill_timeout
         self._log = channel_log
         self._queue_size = queue_size
         self._topics: dict[str, _Topic] = {}
@@ -161,7 +170,7 @@ class Hub:
                 while True:
                     event = await subscriber.get()
                     if event.message == GAP:
-                        await self._fill(topic, None)
+                        await self._fill_retrying(topic, None)
                         continue
                     try:
                         envelope = decode(event.message)
@@ -189,10 +198,30 @@ class Hub:
             if envelope.offset <= last.offset:
                 return  # already delivered from history
             if envelope.offset > last.offset + 1:
-                await self._fill(topic, envelope)
+                await self._fill_retrying(topic, envelope)
                 if topic.last is not None and envelope.offset <= topic.last.offset:
                     return
         self._offer(topic, envelope)
+
+    async def _fill_retrying(self, topic: _Topic, upto: Envelope | None) -> None:
+        """Fill a gap, riding out a Redis that is still coming back.
+
+        Later messages must wait for the gap (order is the promise), so this retries
+        with capped, jittered backoff; if history stays unreachable, the pump fails
+        and its subscribers are ended, so clients resubscribe with ``since``.
+        """
+        delay = 0.05
+        deadline = asyncio.get_running_loop().time() + self._fill_timeout
+        while True:
+            try:
+                await self._fill(topic, upto)
+                return
+            except Exception as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("hub.fill_retry", channel=topic.channel, error=repr(exc))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
 
     async def _fill(self, topic: _Topic, upto: Envelope | None) -> None:
         """Recover what the bus skipped after ``topic.last`` from history."""

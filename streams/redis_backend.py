@@ -22,6 +22,8 @@ from broadcaster import Event
 from broadcaster._backends.base import BroadcastBackend
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,7 +39,7 @@ class RedisPubSubBackend(BroadcastBackend):
         self,
         url: str | None = None,
         *,
-        client: Redis | None = None,
+        client: Redis | None = None,  # give it one without retries, see connect()
         prefix: str = "emx",
         max_backoff: float = 5.0,
     ) -> None:
@@ -68,7 +70,11 @@ class RedisPubSubBackend(BroadcastBackend):
     async def connect(self) -> None:
         if self._client is None:
             assert self._url is not None
-            self._client = Redis.from_url(self._url, health_check_interval=10)
+            # No silent retries on this connection: redis-py would reconnect and
+            # resubscribe behind our back, and we would never know to fill the gap.
+            self._client = Redis.from_url(
+                self._url, health_check_interval=10, retry=Retry(NoBackoff(), 0)
+            )
         await self._client.ping()
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self.connected = True
@@ -114,25 +120,28 @@ class RedisPubSubBackend(BroadcastBackend):
         return await self._events.get()
 
     async def _read_forever(self) -> None:
-        backoff = 0.05
         while True:
             try:
                 await self._read_until_disconnected()
             except _DISCONNECTS as exc:
                 self.connected = False
-                log.warning("redis.pubsub_disconnected", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self._max_backoff)
-                try:
-                    await self._reconnect()
-                except _DISCONNECTS as again:
-                    log.warning("redis.reconnect_failed", error=str(again))
-                    continue
-                backoff = 0.05
+                log.warning("redis.pubsub_disconnected", error=str(exc))
+                await self._reconnect_with_backoff()
                 self.reconnects += 1
                 log.info("redis.pubsub_reconnected", channels=len(self._channels))
                 for channel in list(self._channels):
                     self._events.put_nowait(Event(channel, GAP))
+
+    async def _reconnect_with_backoff(self) -> None:
+        backoff = 0.05
+        while True:
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            try:
+                await self._reconnect()
+                return
+            except _DISCONNECTS as exc:
+                log.warning("redis.reconnect_failed", error=str(exc), retry_in=backoff)
+                backoff = min(backoff * 2, self._max_backoff)
 
     async def _read_until_disconnected(self) -> None:
         prefix_len = len(self._prefix)

@@ -1,0 +1,82 @@
+"""Shared fixtures: real services (see tests/services.py) and real server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import ServerProcess, base_env
+from tests.services import PostgresProcess, RedisProcess, find_postgres, find_redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    started: list[RedisProcess] = []
+    yield find_redis(started)
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    started: list[PostgresProcess] = []
+    yield find_postgres(started)
+    for server in started:
+        server.stop()
+
+
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"emx_test_{secrets.token_hex(4)}"
+    asyncio.run(_admin(pg_admin_url, f'CREATE DATABASE "{name}"'))
+    base = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    asyncio.run(_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """Keys and channels of one test never meet another test's on a shared Redis."""
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One embedded-mode server (SQLite + memory bus) with the demo data."""
+    workdir = tmp_path_factory.mktemp("embedded")
+    server = ServerProcess(workdir, base_env(workdir))
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start server processes with given settings; all are stopped after the test."""
+    servers: list[ServerProcess] = []
+
+    def make(**settings: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, base_env(tmp_path, **settings))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -1,0 +1,125 @@
+"""Run ``edumatrix`` as a real process, the way users run it, and mint test tokens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from api.auth import TokenService
+from db.seed import DEMO
+from streams.acl import Role
+from tests.services import free_port
+
+SECRET = "edumatrix-test-secret-" + "k" * 40
+TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def token(user_id: str, *, ttl: int = 600) -> str:
+    """A token for a demo user, with the claims the directory gives them."""
+    for inst in DEMO:
+        for user in inst.users:
+            if user.id == user_id:
+                return TOKENS.mint(
+                    sub=user.id,
+                    role=Role(user.role),
+                    institution=inst.id,
+                    departments=user.departments,
+                    classrooms=user.classrooms,
+                    ttl_seconds=ttl,
+                )
+    raise KeyError(user_id)
+
+
+def base_env(workdir: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
+    env["EDUMATRIX_JWT_SECRET"] = SECRET
+    env["EDUMATRIX_DATA_DIR"] = str(workdir / ".edumatrix")
+    env["PYTHONPATH"] = str(REPO)
+    env.update({f"EDUMATRIX_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+class ServerProcess:
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api", *args],
+            env=self.env,
+            cwd=self.workdir,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def start(self, *, timeout: float = 30.0) -> ServerProcess:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api", "serve", "--port", str(self.port)],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def graphql(
+        self, query: str, variables: dict[str, object] | None = None, *, as_user: str | None = None
+    ) -> dict[str, object]:
+        headers = {"Authorization": f"Bearer {token(as_user)}"} if as_user else {}
+        response = httpx.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers=headers,
+            timeout=10,
+        )
+        response.raise_for_status()
+        body: dict[str, object] = response.json()
+        return body
