@@ -88,6 +88,65 @@ def cmd_token(args: argparse.Namespace) -> None:
     print(token)
 
 
+SUBSCRIBE_DOCUMENT = """subscription($name: String!, $since: PositionInput) {
+  channel(name: $name, since: $since) {
+    offset epoch channel kind publishedAt recovered
+    announcement { id title body priority authorId createdAt }
+  }
+}"""
+
+
+def cmd_subscribe(args: argparse.Namespace) -> None:
+    """A real graphql-transport-ws client: handy for the tour and for operators."""
+    import json
+
+    import websockets
+
+    since = {"offset": args.since_offset, "epoch": args.since_epoch} if args.since_epoch else None
+
+    async def run() -> None:
+        async with websockets.connect(args.url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "connection_init",
+                        "payload": {"authorization": f"Bearer {args.token}"},
+                    }
+                )
+            )
+            variables = {"name": args.channel, "since": since}
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": "1",
+                        "type": "subscribe",
+                        "payload": {"query": SUBSCRIBE_DOCUMENT, "variables": variables},
+                    }
+                )
+            )
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+                elif message["type"] == "next":
+                    payload = message["payload"]
+                    if payload.get("errors"):
+                        sys.exit(f"edumatrix subscribe: {payload['errors'][0]['message']}")
+                    print(json.dumps(payload["data"]["channel"]), flush=True)
+                elif message["type"] in ("error", "complete"):
+                    sys.exit(f"edumatrix subscribe: {message.get('payload') or 'completed'}")
+
+    try:
+        asyncio.run(run())
+    except websockets.ConnectionClosed as exc:
+        sys.exit(
+            f"edumatrix subscribe: connection closed {exc.rcvd.code if exc.rcvd else ''} "
+            f"{exc.rcvd.reason if exc.rcvd else ''}"
+        )
+    except KeyboardInterrupt:
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edumatrix", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--classroom", action="append", default=[])
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    listen = sub.add_parser("subscribe", help="print a channel's events as JSON lines")
+    listen.add_argument("channel")
+    listen.add_argument("--token", required=True)
+    listen.add_argument("--url", default="ws://127.0.0.1:8000/graphql")
+    listen.add_argument("--since-offset", type=int, default=0)
+    listen.add_argument("--since-epoch", help="resume after --since-offset in this epoch")
+    listen.set_defaults(func=cmd_subscribe)
     return parser
 
 
