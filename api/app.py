@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from api.auth import TokenService
+from api.connections import Connections
 from api.graphql import GraphQLView
 from api.logs import configure_logging
 from api.metrics import Metrics
@@ -71,8 +72,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await require_current(engine)
         bus = build_bus(settings)
         await bus.connect()
+        connections = Connections()
+        app.state.connections = connections
+        connections.drain_before()
         services = Services(
-            sessions=make_sessionmaker(engine), bus=bus, tokens=tokens, metrics=metrics
+            sessions=make_sessionmaker(engine),
+            bus=bus,
+            tokens=tokens,
+            metrics=metrics,
+            connections=connections,
         )
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:

@@ -25,6 +25,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
+from api.connections import GOING_AWAY
 from db import repo
 from schema.context import Context, Services
 
@@ -46,12 +47,19 @@ class _ConnectionTracking:
     context: Context
 
     async def _tracked(self, handle: Any) -> None:
-        metrics = self.context.services.metrics
-        metrics.connections.inc()
+        services = self.context.services
+        websocket = self.context.request
+        assert isinstance(websocket, WebSocket)
+        if services.connections.draining:
+            await websocket.close(code=GOING_AWAY, reason="server shutting down")
+            return
+        services.connections.add(websocket)
+        services.metrics.connections.inc()
         try:
             await handle()
         finally:
-            metrics.connections.dec()
+            services.metrics.connections.dec()
+            services.connections.discard(websocket)
             if self.context.expiry is not None:
                 self.context.expiry.cancel()
 

@@ -35,6 +35,11 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.slow_subscribers = Counter(
+            "edumatrix_slow_subscribers_dropped_total",
+            "Subscribers disconnected for falling too far behind",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "edumatrix_auth_failures_total", "Rejected credentials", ["transport"], registry=r
         )

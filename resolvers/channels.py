@@ -9,9 +9,10 @@ import strawberry
 from resolvers.access import authorize
 from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
 from schema.context import Context
+from schema.errors import ShuttingDown, SlowConsumer
 from streams.acl import Action
 from streams.envelope import Position
-from streams.hub import Reset
+from streams.hub import HubClosed, Reset, SlowSubscriber
 
 
 async def channel(
@@ -23,13 +24,17 @@ async def channel(
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="channel").inc()
     try:
-        async with ctx.bus.stream(parsed.name, start) as items:
+        async with ctx.bus.stream(parsed.name, start, ctx.on_overflow) as items:
             async for item in items:
                 if isinstance(item, Reset):
                     yield ChannelEvent.reset(parsed.name, item.position)
                 else:
                     yield ChannelEvent.from_envelope(item)
                     metrics.observe_delivery(item)
+    except SlowSubscriber as exc:
+        raise SlowConsumer(str(exc)) from exc
+    except HubClosed as exc:
+        raise ShuttingDown(str(exc)) from exc
     finally:
         metrics.subscriptions.labels(kind="channel").dec()
 

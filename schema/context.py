@@ -17,6 +17,7 @@ from streams.bus import Bus
 
 if TYPE_CHECKING:
     from api.auth import TokenService
+    from api.connections import Connections
     from api.metrics import Metrics
 
 
@@ -28,6 +29,7 @@ class Services:
     bus: Bus
     tokens: TokenService
     metrics: Metrics
+    connections: Connections
 
 
 @dataclass
@@ -51,6 +53,12 @@ class Context:
         if self.viewer is None:
             raise Unauthenticated(self.auth_error or "authentication required")
         return self.viewer
+
+    def on_overflow(self) -> None:
+        """Disconnect this connection's client: one of its subscriptions fell behind."""
+        self.services.metrics.slow_subscribers.inc()
+        if isinstance(self.request, WebSocket):
+            self.services.connections.disconnect_slow(self.request)
 
     @property
     def actor(self) -> Actor:

@@ -10,7 +10,9 @@ that escapes a resolver is unexpected: it is logged and masked (see
     ├── Forbidden         FORBIDDEN        authenticated, not allowed
     ├── BadChannel        BAD_CHANNEL      channel name outside the grammar
     ├── BadInput          BAD_INPUT        an argument fails validation
-    └── NotFound          NOT_FOUND        no such object (or not visible to you)
+    ├── NotFound          NOT_FOUND        no such object (or not visible to you)
+    ├── SlowConsumer      SLOW_CONSUMER    fell too far behind (WebSocket: closed 4008)
+    └── ShuttingDown      SHUTTING_DOWN    server stopping; resume elsewhere with since
 """
 
 from __future__ import annotations
@@ -44,3 +46,11 @@ class BadInput(ApiError):
 
 class NotFound(ApiError):
     code = "NOT_FOUND"
+
+
+class SlowConsumer(ApiError):
+    code = "SLOW_CONSUMER"
+
+
+class ShuttingDown(ApiError):
+    code = "SHUTTING_DOWN"

@@ -8,7 +8,7 @@ Cluster mode: :class:`RedisPubSubBackend` for fan-out between processes and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -110,7 +110,10 @@ class Bus:
 
     @asynccontextmanager
     async def stream(
-        self, channel: str, since: Position | None = None
+        self,
+        channel: str,
+        since: Position | None = None,
+        on_overflow: Callable[[], None] | None = None,
     ) -> AsyncIterator[AsyncIterator[Item]]:
         """Replay what followed ``since`` from history, then continue live.
 
@@ -119,7 +122,7 @@ class Bus:
         lost or seen twice. If history does not reach back to ``since``, the first
         item is a :class:`Reset` carrying the current position.
         """
-        async with self.hub.subscribe(channel) as feed:
+        async with self.hub.subscribe(channel, on_overflow) as feed:
             yield self._resume(channel, feed, since)
 
     async def _resume(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -51,9 +51,10 @@ _CLOSED = object()
 class Feed:
     """One subscriber's bounded view of a channel."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, on_overflow: Callable[[], None] | None = None) -> None:
         self._queue: asyncio.Queue[Item | object] = asyncio.Queue(maxsize)
         self._overflowed = False
+        self._on_overflow = on_overflow
 
     def offer(self, item: Item) -> None:
         if self._overflowed:
@@ -61,7 +62,11 @@ class Feed:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
+            # Stop queueing at once; the owner disconnects the subscriber, which may be
+            # stuck writing to a peer that stopped reading and never pull again.
             self._overflowed = True
+            if self._on_overflow is not None:
+                self._on_overflow()
 
     def close(self) -> None:
         self._queue._queue.clear()  # type: ignore[attr-defined]  # drop, we are leaving
@@ -122,11 +127,13 @@ class Hub:
         return lock
 
     @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Feed]:
+    async def subscribe(
+        self, channel: str, on_overflow: Callable[[], None] | None = None
+    ) -> AsyncIterator[Feed]:
         """Live messages of ``channel`` from the moment this returns."""
         if self._closed:
             raise HubClosed("server shutting down")
-        feed = Feed(self._queue_size)
+        feed = Feed(self._queue_size, on_overflow)
         async with self._lock(channel):
             topic = self._topics.get(channel)
             if topic is None:

@@ -1,0 +1,109 @@
+"""Every open GraphQL WebSocket of this process, so they can be closed on purpose.
+
+Two reasons to close a socket from outside its own handler: a subscriber fell too
+far behind (4008, it must not hold others up or grow memory), and the process is
+shutting down (1001 "going away", so clients reconnect elsewhere and resume with
+``since``). Closing is bounded in time: a peer that stopped reading cannot hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import suppress
+from types import FrameType
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketState
+
+log = structlog.get_logger(__name__)
+
+GOING_AWAY = 1001
+SLOW_CONSUMER = 4008
+# A slow peer's close frame waits behind its full socket; it goes out as soon as
+# the peer reads again. A peer that never reads is dropped by uvicorn's ping timeout.
+SLOW_CLOSE_TIMEOUT = 60.0
+DRAIN_CLOSE_TIMEOUT = 5.0
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._open: set[WebSocket] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, websocket: WebSocket) -> None:
+        self._open.add(websocket)
+
+    def discard(self, websocket: WebSocket) -> None:
+        self._open.discard(websocket)
+
+    def disconnect_slow(self, websocket: WebSocket) -> None:
+        """Close without waiting (called from the synchronous fan-out path)."""
+        coro = self.close(websocket, SLOW_CONSUMER, "slow consumer", SLOW_CLOSE_TIMEOUT)
+        task = asyncio.get_running_loop().create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(
+        self, websocket: WebSocket, code: int, reason: str, limit: float = DRAIN_CLOSE_TIMEOUT
+    ) -> None:
+        if websocket.application_state is not WebSocketState.CONNECTED:
+            return
+        try:
+            async with asyncio.timeout(limit):
+                await websocket.close(code=code, reason=reason)
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            # The peer is not reading; uvicorn drops the transport when the handler ends.
+            log.info("ws.close_incomplete", code=code, error=repr(exc))
+
+    async def drain(self) -> int:
+        """Close every socket with 1001; returns how many were open."""
+        self.draining = True
+        sockets = list(self._open)
+        await asyncio.gather(
+            *(self.close(ws, GOING_AWAY, "server shutting down") for ws in sockets)
+        )
+        for task in list(self._closing):
+            if task is not asyncio.current_task():
+                with suppress(asyncio.CancelledError):
+                    await task
+        return len(sockets)
+
+    def drain_before(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Run :meth:`drain` when a stop signal arrives, then hand it to the server.
+
+        uvicorn's own shutdown closes WebSockets with 1012; by closing ours with
+        1001 first and only then calling uvicorn's handler (which stops accepting
+        and lets in-flight requests such as mutations finish), clients get the code
+        the design promises. Installed from the lifespan, so it works in every
+        ``--workers`` process.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                if self.draining:  # a second signal: stop now
+                    previous(signum, frame)
+                    return
+                self.draining = True
+                loop.call_soon_threadsafe(self._drain_then, previous, signum, frame)
+
+            signal.signal(sig, handler)
+
+    def _drain_then(self, previous: Any, signum: int, frame: FrameType | None) -> None:
+        async def run() -> None:
+            closed = await self.drain()
+            log.info("server.drained", websockets=closed)
+            previous(signum, frame)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
