@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from resolvers.access import authorize
+from resolvers.emit import emit
 from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
 from schema.context import Context
 from streams.acl import Action
@@ -22,6 +23,7 @@ async def channel(
     start = Position(int(since.offset), since.epoch) if since else None
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="channel").inc()
+    emit(ctx.services, ctx.viewer, "subscription.start", {"channel": parsed.name}, channel=parsed)
     try:
         async with ctx.bus.stream(parsed.name, start) as items:
             async for item in items:
@@ -32,6 +34,9 @@ async def channel(
                     metrics.observe_delivery(item)
     finally:
         metrics.subscriptions.labels(kind="channel").dec()
+        emit(
+            ctx.services, ctx.viewer, "subscription.stop", {"channel": parsed.name}, channel=parsed
+        )
 
 
 async def channel_position(info: strawberry.Info[Context], name: str) -> ChannelPosition:

@@ -22,6 +22,7 @@ from resolvers import institutions as inst_r
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import ApiError
+from schema.event_extension import EmitEvents
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -82,5 +83,6 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             partial(ParserCache, maxsize=1024),
             partial(ValidationCache, maxsize=1024),
             partial(MaskErrors, should_mask_error=_should_mask),
+            EmitEvents,
         ],
     )

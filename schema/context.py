@@ -14,6 +14,7 @@ from db.repo import Actor
 from schema.errors import Unauthenticated
 from streams.acl import Viewer
 from streams.bus import Bus
+from streams.events import EventLog
 
 if TYPE_CHECKING:
     from api.auth import TokenService
@@ -28,6 +29,7 @@ class Services:
     bus: Bus
     tokens: TokenService
     metrics: Metrics
+    events: EventLog
 
 
 @dataclass
