@@ -31,12 +31,12 @@ def emit(
     channel: Channel | None = None,
     institution: str | None = None,
     user: str | None = None,
-) -> None:
+) -> bool:
     """Emit an event about ``viewer`` (or the given institution/user); drop silently
     (counted by the log) when the buffer is full, log when the event is invalid."""
     inst = institution or (viewer.institution if viewer else None)
     if inst is None:
-        return  # no institution to attribute it to; the audit log still has it
+        return False  # no institution to attribute it to; the audit log still has it
     dept = channel.key if channel and channel.kind is ChannelKind.DEPARTMENT else None
     room = channel.key if channel and channel.kind is ChannelKind.CLASSROOM else None
     try:
@@ -50,8 +50,8 @@ def emit(
         )
     except ValidationError as exc:
         log.warning("events.not_emitted", type=type, error=str(exc.errors()[0]["msg"]))
-        return
-    services.events.emit(event)
+        return False
+    return services.events.emit(event)
 
 
 def unverified_identity(header: str | None) -> tuple[str | None, str | None]:

@@ -127,6 +127,8 @@ class EventLog(ABC):
     def __init__(self, *, buffer_size: int, registry: CollectorRegistry | None = None) -> None:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(buffer_size)
         self._task: asyncio.Task[None] | None = None
+        self.emitted_total = 0  # plain mirrors of the counters, for systemStatus
+        self.dropped_total = 0
         self.emitted = Counter(
             "edumatrix_events_emitted_total", "Events accepted by the event log", registry=registry
         )
@@ -142,8 +144,10 @@ class EventLog(ABC):
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped.inc()
+            self.dropped_total += 1
             return False
         self.emitted.inc()
+        self.emitted_total += 1
         return True
 
     async def start(self) -> None:
@@ -185,6 +189,7 @@ class EventLog(ABC):
             except Exception as exc:
                 # The sender must outlive broker hiccups; lost batches are counted.
                 self.dropped.inc(len(batch))
+                self.dropped_total += len(batch)
                 log.error("events.send_failed", count=len(batch), error=repr(exc))
                 await asyncio.sleep(1.0)
 
