@@ -115,6 +115,19 @@ async def apply_batch(
     return result
 
 
+async def stored_offsets(
+    sessions: Sessions, group: str, partitions: set[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """Next offsets to apply, without locking (to skip replayed dead letters)."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset
+            ).where(ConsumerOffset.group_id == group)
+        )
+        return {(t, p): n for t, p, n in rows if (t, p) in partitions}
+
+
 async def _lock_offsets(
     session: AsyncSession, group: str, partitions: list[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:

@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from db.analytics_write import Applied, Consumed, Thresholds, apply_batch
+from db.analytics_write import Applied, Consumed, Thresholds, apply_batch, stored_offsets
 from db.engine import Sessions
 from streams.bus import Bus
 from streams.events import EventError, decode_event
@@ -119,13 +119,22 @@ class Aggregator:
         self, batch: list[RawRecord], high_watermarks: dict[tuple[str, int], int] | None = None
     ) -> Applied:
         consumed: list[Consumed] = []
+        invalid: list[tuple[RawRecord, str]] = []
         for record in batch:
             try:
                 event = decode_event(record.value)
             except EventError as exc:
-                await self._dead(record, str(exc))
+                invalid.append((record, str(exc)))
                 event = None
             consumed.append(Consumed(record.topic, record.partition, record.offset, event))
+        if invalid:
+            # Replayed records were dead-lettered before; a crash between this send
+            # and the commit below can still repeat one (at-least-once dead letters).
+            parts = {(r.topic, r.partition) for r, _ in invalid}
+            applied_upto = await stored_offsets(self.sessions, self.group, parts)
+            for record, reason in invalid:
+                if record.offset >= applied_upto.get((record.topic, record.partition), 0):
+                    await self._dead(record, reason)
         applied = await self._apply_retrying(consumed, high_watermarks)
         now = time.time()
         for event in applied.events:
