@@ -26,6 +26,7 @@ from db.migrate import require_current
 from schema import build_schema
 from schema.context import Services
 from streams.bus import Bus
+from streams.event_setup import build_event_log
 
 log = structlog.get_logger(__name__)
 
@@ -75,17 +76,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         connections = Connections()
         app.state.connections = connections
         connections.drain_before()
+        sessions = make_sessionmaker(engine)
+        events = build_event_log(settings, sessions, bus, metrics.registry)
+        await events.start()
         services = Services(
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             bus=bus,
             tokens=tokens,
             metrics=metrics,
             connections=connections,
+            events=events,
         )
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:
             yield {"services": services}
         finally:
+            await events.close()  # flush buffered events before the bus and engine go
             await bus.close()
             await engine.dispose()
             log.info("server.stopped")

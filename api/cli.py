@@ -1,4 +1,4 @@
-"""``edumatrix``: serve, migrate, seed-demo, token."""
+"""``edumatrix``: serve, migrate, seed-demo, consume, token, subscribe."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def cmd_seed_demo(args: argparse.Namespace) -> None:
 
     count = asyncio.run(run())
     print(f"edumatrix: demo data in place ({count} users)", file=sys.stderr)
+
+
+def cmd_consume(args: argparse.Namespace) -> None:
+    from api.consume import consume
+
+    asyncio.run(consume(_settings(), metrics_port=args.metrics_port))
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -163,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed-demo", help="insert the demo institutions and users")
     seed.set_defaults(func=cmd_seed_demo)
+
+    consume = sub.add_parser("consume", help="aggregate Kafka events (one group member)")
+    consume.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    consume.set_defaults(func=cmd_consume)
 
     token = sub.add_parser("token", help="mint a JWT and print it")
     token.add_argument("--sub", required=True, help="user id")

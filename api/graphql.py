@@ -27,6 +27,7 @@ from strawberry.types.unset import UnsetType
 from api.auth import AuthError
 from api.connections import GOING_AWAY
 from db import repo
+from resolvers.emit import emit, unverified_identity
 from schema.context import Context, Services
 
 log = structlog.get_logger(__name__)
@@ -110,7 +111,9 @@ class GraphQLView(GraphQL[Context, None]):
                     context.viewer = services.tokens.verify_header(header)
                 except AuthError as exc:
                     context.auth_error = exc.reason
-                    await self._auth_failed(services, "http", exc.reason)
+                    await self._auth_failed(services, "http", exc.reason, header)
+                else:
+                    emit(services, context.viewer, "auth.login", {"transport": "http"})
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -120,16 +123,24 @@ class GraphQLView(GraphQL[Context, None]):
         try:
             viewer = services.tokens.verify_header(value if isinstance(value, str) else None)
         except AuthError as exc:
-            await self._auth_failed(services, "websocket", exc.reason)
+            await self._auth_failed(
+                services, "websocket", exc.reason, value if isinstance(value, str) else None
+            )
             raise ConnectionRejectionError({"message": exc.reason, "code": "FORBIDDEN"}) from exc
         context.viewer = viewer
+        emit(services, viewer, "auth.login", {"transport": "websocket"})
         if viewer.expires_at is not None and isinstance(context.request, WebSocket):
             delay = (viewer.expires_at - datetime.now(UTC)).total_seconds()
             context.expiry = asyncio.create_task(_close_when_expired(context.request, delay))
         return UnsetType()  # the singleton UNSET; means "ack without payload"
 
-    async def _auth_failed(self, services: Services, transport: str, reason: str) -> None:
+    async def _auth_failed(
+        self, services: Services, transport: str, reason: str, header: str | None = None
+    ) -> None:
         services.metrics.auth_failures.labels(transport=transport).inc()
+        sub, inst = unverified_identity(header)
+        data = {"transport": transport, "reason": reason, "unverified": True}
+        emit(services, None, "auth.failed", data, institution=inst, user=sub)
         log.info("auth.failed", transport=transport, reason=reason)
         await repo.audit(
             services.sessions, repo.Actor(), "authenticate", transport, "failed", {"reason": reason}

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Shortest HS256 secret we accept outside embedded mode (RFC 7518 §3.2: key >= hash size).
 MIN_SECRET_BYTES = 32
+_TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev", "development", "test"}
 
 
@@ -41,7 +42,26 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str | None = Field(default=None, description="redis:// URL; unset = memory bus")
     redis_prefix: str = Field(default="emx", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    kafka_bootstrap: str | None = None
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset = in-process event log"
+    )
+    # Event log and analytics consumers (streams/events.py, streams/consumer.py).
+    kafka_topic_user_actions: str = Field(default="user-actions", pattern=_TOPIC)
+    kafka_topic_institution_events: str = Field(default="institution-events", pattern=_TOPIC)
+    kafka_topic_analytics: str = Field(default="analytics", pattern=_TOPIC)
+    kafka_topic_dead_letter: str = Field(default="events-dead-letter", pattern=_TOPIC)
+    kafka_topic_partitions: int = Field(default=6, ge=1, le=1000)
+    kafka_group_id: str = Field(default="edumatrix-analytics", pattern=_TOPIC)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_rebalance_timeout_ms: int = Field(default=30_000, ge=1000)
+    consumer_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    event_buffer_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    alert_errors_per_minute: int = Field(
+        default=50, ge=1, description="errors/min in one institution that raise an alert"
+    )
+    alert_failed_logins_per_minute: int = Field(
+        default=5, ge=1, description="failed logins/min of one user that raise an alert"
+    )
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from db import repo
+from resolvers.emit import emit
 from schema.context import Context
 from schema.errors import BadChannel, Forbidden
 from streams.acl import Action, is_allowed
@@ -30,4 +31,7 @@ async def authorize(ctx: Context, name: str, action: Action) -> Channel:
         return channel
     ctx.services.metrics.permission_denied.labels(action=action.value).inc()
     await repo.audit(ctx.sessions, ctx.actor, f"{action.value}.denied", channel.name, "denied")
+    emit(
+        ctx.services, viewer, "permission.denied", {"action": action.value, "target": channel.name}
+    )
     raise Forbidden(f"{viewer.role.value} {viewer.user_id!r} may not {action.value} on {channel}")

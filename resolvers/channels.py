@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from resolvers.access import authorize
+from resolvers.emit import emit
 from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
 from schema.context import Context
 from schema.errors import ShuttingDown, SlowConsumer
@@ -23,6 +24,7 @@ async def channel(
     start = Position(int(since.offset), since.epoch) if since else None
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="channel").inc()
+    emit(ctx.services, ctx.viewer, "subscription.start", {"channel": parsed.name}, channel=parsed)
     try:
         async with ctx.bus.stream(parsed.name, start, ctx.on_overflow) as items:
             async for item in items:
@@ -37,6 +39,9 @@ async def channel(
         raise ShuttingDown(str(exc)) from exc
     finally:
         metrics.subscriptions.labels(kind="channel").dec()
+        emit(
+            ctx.services, ctx.viewer, "subscription.stop", {"channel": parsed.name}, channel=parsed
+        )
 
 
 async def channel_position(info: strawberry.Info[Context], name: str) -> ChannelPosition:

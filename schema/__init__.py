@@ -16,12 +16,15 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
 from resolvers import channels as chan_r
 from resolvers import institutions as inst_r
+from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import ApiError
+from schema.event_extension import EmitEvents
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -50,6 +53,11 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             resolver=chan_r.channel_position,
             description="Where a channel is now; subscribe with `since` to resume from it.",
         )
+        analytics: list[Point] = strawberry.field(resolver=an_r.analytics)
+        top_events: list[Count] = strawberry.field(resolver=an_r.top_events)
+        active_users: int = strawberry.field(resolver=an_r.active_users)
+        event_breakdown: list[Count] = strawberry.field(resolver=an_r.event_breakdown)
+        system_status: SystemStatus = strawberry.field(resolver=an_r.system_status)
 
     @strawberry.type
     class Mutation:
@@ -57,6 +65,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             resolver=ann_r.publish_announcement,
             description="Store an announcement, audit it and publish it on its channel.",
         )
+        track_activity: bool = strawberry.mutation(resolver=an_r.track_activity)
 
     @strawberry.type
     class Subscription:
@@ -67,6 +76,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
                 "Messages of a channel. With `since`, first replays what you missed "
                 "(or says recovered: false), then continues live."
             ),
+        )
+
+        live_metrics: LiveMetrics = strawberry.subscription(  # type: ignore[assignment]
+            resolver=an_r.live_metrics
         )
 
     return strawberry.Schema(
@@ -82,5 +95,6 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             partial(ParserCache, maxsize=1024),
             partial(ValidationCache, maxsize=1024),
             partial(MaskErrors, should_mask_error=_should_mask),
+            EmitEvents,
         ],
     )

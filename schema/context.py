@@ -14,6 +14,7 @@ from db.repo import Actor
 from schema.errors import Unauthenticated
 from streams.acl import Viewer
 from streams.bus import Bus
+from streams.events import EventLog
 
 if TYPE_CHECKING:
     from api.auth import TokenService
@@ -30,6 +31,7 @@ class Services:
     tokens: TokenService
     metrics: Metrics
     connections: Connections
+    events: EventLog
 
 
 @dataclass

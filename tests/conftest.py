@@ -80,3 +80,13 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """One tansu broker per test session; tests isolate themselves by topic names."""
+    from tests.kafka_broker import TansuBroker
+
+    broker = TansuBroker().start()
+    yield broker.bootstrap
+    broker.stop()

@@ -1,0 +1,264 @@
+"""Apply one consumed batch: aggregates, offsets and alerts in one transaction.
+
+Exactly-once comes from the offsets table, not from Kafka: the transaction first
+locks the (group, topic, partition) rows of the batch (``SELECT ... FOR UPDATE``
+on Postgres), drops every record below the stored next offset, applies the rest
+and advances the offsets before it commits. A replay after a crash, or a second
+consumer still holding a revoked partition, finds the offsets already advanced
+and applies nothing twice. SQLite (embedded mode, one process) ignores the lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.analytics_models import AlertFired, ConsumerOffset, EventMinute, EventUserMinute
+from db.engine import Sessions
+from streams.events import Event
+
+FAILED_LOGIN = "auth.failed"
+
+
+def minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """One record of a batch; ``event`` is None for an invalid one (dead-lettered)."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: Event | None
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    errors_per_minute: int
+    failed_logins_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    institution_id: str
+    rule: str
+    subject: str
+    bucket: datetime
+    value: int
+    threshold: int
+
+
+@dataclass
+class Applied:
+    """What a committed batch changed; ``events`` excludes skipped replays."""
+
+    events: list[Event] = field(default_factory=list)
+    skipped: int = 0
+    alerts: list[Alert] = field(default_factory=list)
+    institutions: set[str] = field(default_factory=set)
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def apply_batch(
+    sessions: Sessions,
+    group: str,
+    records: list[Consumed],
+    *,
+    high_watermarks: dict[tuple[str, int], int] | None = None,
+    thresholds: Thresholds | None = None,
+) -> Applied:
+    """Apply ``records`` once; safe to call again with any overlapping batch."""
+    result = Applied()
+    partitions = sorted({(r.topic, r.partition) for r in records})
+    if not partitions:
+        return result
+    async with sessions() as session, session.begin():
+        stored = await _lock_offsets(session, group, partitions)
+        fresh = [r for r in records if r.offset >= stored[(r.topic, r.partition)]]
+        result.skipped = len(records) - len(fresh)
+        result.events = [r.event for r in fresh if r.event is not None]
+        await _add_aggregates(session, result.events)
+        latency = _max_latency_ms(result.events)
+        ends: dict[tuple[str, int], int] = {}
+        for r in fresh:
+            key = (r.topic, r.partition)
+            ends[key] = max(ends.get(key, 0), r.offset + 1)
+        for (topic, part), end in ends.items():
+            hw = (high_watermarks or {}).get((topic, part))
+            await session.execute(
+                update(ConsumerOffset)
+                .where(
+                    ConsumerOffset.group_id == group,
+                    ConsumerOffset.topic == topic,
+                    ConsumerOffset.partition == part,
+                )
+                .values(
+                    next_offset=end, high_watermark=hw, latency_ms=latency, updated_at=func.now()
+                )
+            )
+        result.institutions = {e.institution_id for e in result.events}
+        if thresholds is not None and result.events:
+            result.alerts = await _raise_alerts(session, result.events, thresholds)
+    return result
+
+
+async def stored_offsets(
+    sessions: Sessions, group: str, partitions: set[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """Next offsets to apply, without locking (to skip replayed dead letters)."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset
+            ).where(ConsumerOffset.group_id == group)
+        )
+        return {(t, p): n for t, p, n in rows if (t, p) in partitions}
+
+
+async def _lock_offsets(
+    session: AsyncSession, group: str, partitions: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    table: Table = ConsumerOffset.__table__  # type: ignore[assignment]
+    rows = [
+        {"group_id": group, "topic": t, "partition": p, "next_offset": 0} for t, p in partitions
+    ]
+    await session.execute(_insert(session, table).on_conflict_do_nothing(), rows)
+    keys = [tuple_(ConsumerOffset.topic, ConsumerOffset.partition) == (t, p) for t, p in partitions]
+    found = await session.execute(
+        select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset)
+        .where(ConsumerOffset.group_id == group, or_(*keys))
+        .order_by(ConsumerOffset.topic, ConsumerOffset.partition)  # one lock order: no deadlock
+        .with_for_update()
+    )
+    return {(t, p): n for t, p, n in found}
+
+
+async def _add_aggregates(session: AsyncSession, events: list[Event]) -> None:
+    if not events:
+        return
+    counts: Counter[tuple[datetime, str, str, str, str]] = Counter()
+    errors: Counter[tuple[datetime, str, str, str, str]] = Counter()
+    users: Counter[tuple[datetime, str, str, str]] = Counter()
+    for e in events:
+        bucket = minute(e.occurred_at)
+        key = (bucket, e.institution_id, e.type, e.department_id or "", e.classroom_id or "")
+        counts[key] += 1
+        if e.is_error:
+            errors[key] += 1
+        if e.user_id:
+            users[(bucket, e.institution_id, e.type, e.user_id)] += 1
+    minutes = _insert(session, EventMinute.__table__)
+    await session.execute(
+        minutes.on_conflict_do_update(
+            index_elements=["bucket", "institution_id", "type", "department_id", "classroom_id"],
+            set_={
+                "count": EventMinute.__table__.c.count + minutes.excluded.count,
+                "errors": EventMinute.__table__.c.errors + minutes.excluded.errors,
+            },
+        ),
+        [
+            dict(
+                zip(
+                    ("bucket", "institution_id", "type", "department_id", "classroom_id"),
+                    k,
+                    strict=True,
+                )
+            )
+            | {"count": n, "errors": errors[k]}
+            for k, n in sorted(counts.items())  # sorted: concurrent upserts lock in one order
+        ],
+    )
+    if users:
+        per_user = _insert(session, EventUserMinute.__table__)
+        await session.execute(
+            per_user.on_conflict_do_update(
+                index_elements=["bucket", "institution_id", "type", "user_id"],
+                set_={"count": EventUserMinute.__table__.c.count + per_user.excluded.count},
+            ),
+            [
+                dict(zip(("bucket", "institution_id", "type", "user_id"), k, strict=True))
+                | {"count": n}
+                for k, n in sorted(users.items())
+            ],
+        )
+
+
+def _max_latency_ms(events: list[Event]) -> float | None:
+    if not events:
+        return None
+    newest = time.time()
+    return max(0.0, max((newest - e.occurred_at.timestamp()) * 1000 for e in events))
+
+
+async def _raise_alerts(
+    session: AsyncSession, events: list[Event], limits: Thresholds
+) -> list[Alert]:
+    """Check the rules on the minutes this batch touched; record each alert once."""
+    candidates: list[Alert] = []
+    error_keys = {(e.institution_id, minute(e.occurred_at)) for e in events if e.is_error}
+    for inst, bucket in sorted(error_keys):
+        total = await session.scalar(
+            select(func.coalesce(func.sum(EventMinute.errors), 0)).where(
+                EventMinute.institution_id == inst, EventMinute.bucket == bucket
+            )
+        )
+        if int(total or 0) > limits.errors_per_minute:
+            candidates.append(
+                Alert(
+                    inst,
+                    "errors_per_minute",
+                    "*",
+                    bucket,
+                    int(total or 0),
+                    limits.errors_per_minute,
+                )
+            )
+    login_keys = {
+        (e.institution_id, e.user_id, minute(e.occurred_at))
+        for e in events
+        if e.type == FAILED_LOGIN and e.user_id
+    }
+    for inst, user, bucket in sorted(login_keys, key=str):
+        failed = await session.scalar(
+            select(EventUserMinute.count).where(
+                and_(
+                    EventUserMinute.institution_id == inst,
+                    EventUserMinute.bucket == bucket,
+                    EventUserMinute.type == FAILED_LOGIN,
+                    EventUserMinute.user_id == user,
+                )
+            )
+        )
+        if int(failed or 0) > limits.failed_logins_per_minute:
+            limit = limits.failed_logins_per_minute
+            candidates.append(Alert(inst, "failed_logins", str(user), bucket, failed or 0, limit))
+    raised: list[Alert] = []
+    for alert in candidates:
+        stmt = _insert(session, AlertFired.__table__).on_conflict_do_nothing()
+        done = await session.execute(
+            stmt,
+            {
+                "institution_id": alert.institution_id,
+                "rule": alert.rule,
+                "subject": alert.subject,
+                "bucket": alert.bucket,
+                "value": alert.value,
+                "detail": {"threshold": alert.threshold},
+            },
+        )
+        if getattr(done, "rowcount", 0) == 1:
+            raised.append(alert)
+    return raised

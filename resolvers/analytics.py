@@ -1,0 +1,194 @@
+"""Analytics: admins and services of an institution see its numbers, nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import strawberry
+
+from db import analytics_read as read
+from db.analytics_read import utc
+from resolvers.emit import emit
+from schema.analytics import (
+    Breakdown,
+    Bucket,
+    Count,
+    LiveMetrics,
+    Metric,
+    PartitionHealth,
+    Point,
+    SystemStatus,
+    TrackActivityInput,
+)
+from schema.context import Context
+from schema.errors import BadInput, Forbidden, NotFound
+from streams.acl import Role, Viewer
+from streams.events import MAX_DATA_BYTES
+
+MAX_POINTS = 2000
+ACTIVITY_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,47}$")
+LIVE_INTERVAL = 1.0  # the at-most-once-a-second promise of liveMetrics
+
+
+def _admin_of(ctx: Context, institution: str) -> Viewer:
+    viewer = ctx.require_viewer()
+    if viewer.institution != institution:
+        raise NotFound(f"no institution {institution!r}")
+    if viewer.role not in (Role.ADMIN, Role.SERVICE):
+        raise Forbidden("analytics are for admins and services of the institution")
+    return viewer
+
+
+def _range(start: datetime, end: datetime, bucket: Bucket) -> tuple[datetime, datetime]:
+    start, end = utc(start), utc(end)
+    if end <= start:
+        raise BadInput("`to` must be after `from`")
+    if (end - start) / read.BUCKETS[bucket.value] > MAX_POINTS:
+        raise BadInput(f"more than {MAX_POINTS} buckets; use a larger bucket or a shorter range")
+    return start, end
+
+
+From = Annotated[datetime, strawberry.argument(name="from")]
+To = Annotated[datetime, strawberry.argument(name="to")]
+
+
+async def analytics(
+    info: strawberry.Info[Context],
+    institution_id: strawberry.ID,
+    metric: Metric,
+    from_: From,
+    to: To,
+    bucket: Bucket = Bucket.HOUR,
+    event_type: str | None = None,
+) -> list[Point]:
+    """A time series with a point for every bucket in [from, to), zeros included."""
+    ctx = info.context
+    _admin_of(ctx, str(institution_id))
+    start, end = _range(from_, to, bucket)
+    points = await read.series(
+        ctx.sessions, str(institution_id), metric.value, start, end, bucket.value, event_type
+    )
+    return [Point(at=at, value=n) for at, n in points]
+
+
+async def top_events(
+    info: strawberry.Info[Context],
+    institution_id: strawberry.ID,
+    from_: From,
+    to: To,
+    limit: int = 10,
+) -> list[Count]:
+    _admin_of(info.context, str(institution_id))
+    if not 1 <= limit <= 100:
+        raise BadInput("limit must be between 1 and 100")
+    start, end = _range(from_, to, Bucket.DAY)
+    rows = await read.top_events(info.context.sessions, str(institution_id), start, end, limit)
+    return [Count(key=t, count=n) for t, n in rows]
+
+
+async def active_users(
+    info: strawberry.Info[Context], institution_id: strawberry.ID, from_: From, to: To
+) -> int:
+    """Distinct users with at least one event in [from, to); exact over any range."""
+    _admin_of(info.context, str(institution_id))
+    start, end = _range(from_, to, Bucket.DAY)
+    return await read.active_users(info.context.sessions, str(institution_id), start, end)
+
+
+async def event_breakdown(
+    info: strawberry.Info[Context],
+    institution_id: strawberry.ID,
+    by: Breakdown,
+    from_: From,
+    to: To,
+) -> list[Count]:
+    _admin_of(info.context, str(institution_id))
+    start, end = _range(from_, to, Bucket.DAY)
+    rows = await read.breakdown(info.context.sessions, str(institution_id), start, end, by.value)
+    return [Count(key=k, count=n) for k, n in rows]
+
+
+async def track_activity(info: strawberry.Info[Context], input: TrackActivityInput) -> bool:
+    """Record a frontend interaction as ``activity.<type>``; false if it was dropped."""
+    ctx = info.context
+    viewer = ctx.require_viewer()
+    if not ACTIVITY_TYPE.fullmatch(input.type):
+        raise BadInput("type must be 1-48 of a-z, 0-9, '_', '.', '-', starting with a letter")
+    data: object = input.data if input.data is not None else {}
+    if not isinstance(data, dict):
+        raise BadInput("data must be a JSON object")
+    if len(json.dumps(data, separators=(",", ":"))) > MAX_DATA_BYTES:
+        raise BadInput(f"data is larger than {MAX_DATA_BYTES} bytes as JSON")
+    return emit(ctx.services, viewer, f"activity.{input.type}", data)
+
+
+async def _snapshot(ctx: Context, institution: str, delivered: float) -> LiveMetrics:
+    now = datetime.now(UTC)
+    minute_ago = (now - timedelta(minutes=1)).replace(second=0, microsecond=0)
+    rows = await read.by_type(ctx.sessions, institution, minute_ago)
+    users = await read.active_users(ctx.sessions, institution, now - timedelta(minutes=5), now)
+    return LiveMetrics(
+        at=now,
+        active_users=users,
+        events_per_minute=[Count(key=t, count=n) for t, n, _ in rows],
+        errors_per_minute=sum(e for _, _, e in rows),
+        messages_delivered_per_minute=int(delivered),
+    )
+
+
+async def live_metrics(
+    info: strawberry.Info[Context], institution_id: strawberry.ID
+) -> AsyncGenerator[LiveMetrics, None]:
+    """Poll the aggregates once a second and push a snapshot when it changed.
+
+    Polling, not notifications: aggregates are written by consumer processes that
+    may not share this node's bus, and the one-second cap is the poll period.
+    """
+    ctx = info.context
+    _admin_of(ctx, str(institution_id))
+    registry = ctx.services.metrics.registry
+    window: list[float] = []
+    last: str | None = None
+    while True:
+        window.append(registry.get_sample_value("edumatrix_messages_delivered_total") or 0.0)
+        window = window[-61:]
+        snapshot = await _snapshot(ctx, str(institution_id), window[-1] - window[0])
+        key = json.dumps(
+            [snapshot.active_users, [(c.key, c.count) for c in snapshot.events_per_minute]]
+            + [snapshot.errors_per_minute, snapshot.messages_delivered_per_minute]
+        )
+        if key != last:
+            last = key
+            yield snapshot
+        await asyncio.sleep(LIVE_INTERVAL)
+
+
+async def system_status(info: strawberry.Info[Context]) -> SystemStatus:
+    viewer = info.context.require_viewer()
+    if viewer.role not in (Role.ADMIN, Role.SERVICE):
+        raise Forbidden("system status is for admins and services")
+    events = info.context.services.events
+    rows = await read.consumer_offsets(info.context.sessions)
+    return SystemStatus(
+        event_log=events.kind,
+        events_emitted=events.emitted_total,
+        events_dropped=events.dropped_total,
+        consumers=[
+            PartitionHealth(
+                group=r.group_id,
+                topic=r.topic,
+                partition=r.partition,
+                next_offset=r.next_offset,
+                high_watermark=r.high_watermark,
+                lag=max(0, r.high_watermark - r.next_offset) if r.high_watermark else None,
+                latency_ms=r.latency_ms,
+                updated_at=utc(r.updated_at),
+            )
+            for r in rows
+        ],
+    )

@@ -1,0 +1,82 @@
+"""Analytics types: time series, rankings, the live snapshot and consumer health."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+import strawberry
+from strawberry.scalars import JSON
+
+from schema.scalars import Long
+
+
+@strawberry.enum
+class Bucket(StrEnum):
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+
+
+@strawberry.enum
+class Metric(StrEnum):
+    EVENTS = "events"
+    ERRORS = "errors"
+    ACTIVE_USERS = "active_users"
+
+
+@strawberry.enum
+class Breakdown(StrEnum):
+    DEPARTMENT = "department"
+    CLASSROOM = "classroom"
+
+
+@strawberry.type
+class Point:
+    at: datetime
+    value: Long  # type: ignore[valid-type]
+
+
+@strawberry.type
+class Count:
+    key: str
+    count: Long  # type: ignore[valid-type]
+
+
+@strawberry.type(description="A live view of one institution, at most once a second.")
+class LiveMetrics:
+    at: datetime
+    active_users: int = strawberry.field(description="Distinct users with events, last 5 min.")
+    events_per_minute: list[Count] = strawberry.field(description="Trailing minute, by type.")
+    errors_per_minute: int
+    messages_delivered_per_minute: int = strawberry.field(
+        description="Delivered by the node serving this subscription, trailing minute."
+    )
+
+
+@strawberry.type
+class PartitionHealth:
+    group: str
+    topic: str
+    partition: int
+    next_offset: Long  # type: ignore[valid-type]
+    high_watermark: Long | None  # type: ignore[valid-type]
+    lag: Long | None  # type: ignore[valid-type]
+    latency_ms: float | None = strawberry.field(
+        description="Oldest event of the last batch: occurredAt to its aggregate written."
+    )
+    updated_at: datetime
+
+
+@strawberry.type
+class SystemStatus:
+    event_log: str
+    events_emitted: Long  # type: ignore[valid-type]
+    events_dropped: Long  # type: ignore[valid-type]
+    consumers: list[PartitionHealth]
+
+
+@strawberry.input
+class TrackActivityInput:
+    type: str = strawberry.field(description="e.g. page_view; stored as activity.<type>")
+    data: JSON | None = None
