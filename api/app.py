@@ -20,10 +20,12 @@ from api.connections import Connections
 from api.graphql import GraphQLView
 from api.logs import configure_logging
 from api.metrics import Metrics
+from api.multiplex import Multiplexer
+from api.plan import Planner
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.migrate import require_current
-from schema import build_schema
+from schema import build_schema, should_mask
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
@@ -52,12 +54,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
     configure_logging(settings)
     tokens, generated_secret = TokenService.from_settings(settings)
     metrics = Metrics()
+    schema = build_schema(settings)
     view = GraphQLView(
-        build_schema(settings),
+        schema,
         graphql_ide="graphiql",
         allowed_origins=settings.allowed_origins,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
+    )
+    view.planner = Planner(
+        schema._schema,
+        max_tokens=settings.max_query_tokens,
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_aliases,
     )
 
     @asynccontextmanager
@@ -86,6 +95,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics=metrics,
             connections=connections,
             events=events,
+            mux=Multiplexer(
+                schema._schema,
+                bus,
+                metrics,
+                should_mask,
+                outbox_limit=settings.subscriber_queue_size,
+            ),
         )
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ class Connections:
         try:
             async with asyncio.timeout(limit):
                 await websocket.close(code=code, reason=reason)
-        except (TimeoutError, RuntimeError, OSError) as exc:
+        except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect) as exc:
             # The peer is not reading; uvicorn drops the transport when the handler ends.
             log.info("ws.close_incomplete", code=code, error=repr(exc))
 

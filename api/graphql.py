@@ -26,6 +26,8 @@ from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
 from api.connections import GOING_AWAY
+from api.mux_handler import MultiplexedSubscribe
+from api.plan import Planner
 from db import repo
 from resolvers.emit import emit, unverified_identity
 from schema.context import Context, Services
@@ -65,8 +67,13 @@ class _ConnectionTracking:
                 self.context.expiry.cancel()
 
 
-class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(
+    MultiplexedSubscribe, _ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]
+):
     async def handle(self) -> None:
+        assert isinstance(self.view, GraphQLView)
+        self.planner = self.view.planner
+        self._init_mux()
         await self._tracked(super().handle)
 
 
@@ -100,6 +107,7 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
 class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+    planner: Planner  # set by create_app; decides which subscriptions are multiplexed
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.state.services

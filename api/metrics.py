@@ -35,6 +35,11 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.mux_groups = Gauge(
+            "edumatrix_multiplex_groups",
+            "Distinct (channel, document, variables, visibility) groups executed once per message",
+            registry=r,
+        )
         self.slow_subscribers = Counter(
             "edumatrix_slow_subscribers_dropped_total",
             "Subscribers disconnected for falling too far behind",
@@ -49,5 +54,8 @@ class Metrics:
 
     def observe_delivery(self, envelope: Envelope) -> None:
         self.delivered.inc()
+        self.observe_latency(envelope)
+
+    def observe_latency(self, envelope: Envelope) -> None:
         lag = time.time() - envelope.published_at_ms / 1000
         self.delivery_latency.observe(max(lag, 0.0))

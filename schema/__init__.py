@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from api.settings import Settings
 
 
-def _should_mask(error: GraphQLError) -> bool:
+def should_mask(error: GraphQLError) -> bool:
     """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
     original = error.original_error
     return original is not None and not isinstance(original, ApiError)
@@ -94,7 +94,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
             partial(ParserCache, maxsize=1024),
             partial(ValidationCache, maxsize=1024),
-            partial(MaskErrors, should_mask_error=_should_mask),
+            partial(MaskErrors, should_mask_error=should_mask),
             EmitEvents,
         ],
     )

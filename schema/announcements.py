@@ -9,6 +9,7 @@ from typing import Any, Self
 import strawberry
 
 from db import models
+from schema.context import Context
 from schema.scalars import Long
 from streams.envelope import Envelope, Position
 
@@ -95,6 +96,11 @@ class ChannelPosition:
         return cls(offset=position.offset, epoch=position.epoch)
 
 
+def _from_me(root: ChannelEvent, info: strawberry.Info[Context, None]) -> bool:
+    viewer = info.context.viewer
+    return viewer is not None and root.publisher == viewer.user_id
+
+
 @strawberry.type(description="One message on a channel, in its delivery envelope.")
 class ChannelEvent:
     offset: Long  # type: ignore[valid-type]
@@ -109,11 +115,18 @@ class ChannelEvent:
         )
     )
     announcement: Announcement | None
+    publisher: strawberry.Private[str | None] = None
+
+    from_me: bool = strawberry.field(
+        resolver=_from_me,
+        description="True when you published this message (depends on the viewer).",
+    )
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> Self:
         data = envelope.data.get("announcement")
         return cls(
+            publisher=data.get("authorId") if isinstance(data, dict) else None,
             offset=envelope.offset,
             epoch=envelope.epoch,
             channel=envelope.channel,

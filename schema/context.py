@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from api.auth import TokenService
     from api.connections import Connections
     from api.metrics import Metrics
+    from api.multiplex import Multiplexer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Services:
     tokens: TokenService
     metrics: Metrics
     connections: Connections
+    mux: Multiplexer
     events: EventLog
 
 

@@ -105,8 +105,10 @@ class Bus:
     async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope:
         return await self._log.publish(channel, kind, data)
 
-    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Feed]:
-        return self.hub.subscribe(channel)
+    def subscribe(
+        self, channel: str, on_overflow: Callable[[], None] | None = None
+    ) -> AbstractAsyncContextManager[Feed]:
+        return self.hub.subscribe(channel, on_overflow)
 
     @asynccontextmanager
     async def stream(

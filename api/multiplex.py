@@ -1,0 +1,281 @@
+"""Multiplexed channel subscriptions: execute and encode once, write to many.
+
+Plain Strawberry runs one async generator per subscriber and re-executes and
+re-encodes every message for each of them. Here, subscribers of one process with
+the same (channel, document, operation, variables, visibility) form a *group*:
+each message is executed and JSON-encoded once for the group, and every member's
+frame is that payload with its own operation id around it. Frames go to one bounded
+outbox per connection, drained by one writer task per connection; a connection
+whose outbox overflows is closed with 4008, without delaying anyone else.
+
+Only documents whose single root field is ``channel`` take this path (planned by
+:func:`plan`); everything else, and the legacy ``graphql-ws`` protocol, runs through
+Strawberry unchanged. Fields whose value depends on the viewer (``VIEWER_FIELDS``)
+put the viewer into the group key, so nothing is shared across viewers who may see
+different data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from graphql import GraphQLError, GraphQLSchema, execute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from api.metrics import Metrics
+from api.plan import Plan
+from schema.announcements import ChannelEvent
+from schema.context import Context
+from schema.errors import ApiError
+from streams.bus import Bus
+from streams.envelope import Envelope, Position
+from streams.hub import Item, Reset
+
+log = structlog.get_logger(__name__)
+
+
+class Outbox:
+    """One connection's bounded queue of encoded frames and the task that sends them."""
+
+    def __init__(self, websocket: WebSocket, limit: int, on_overflow: Callable[[], None]) -> None:
+        self._websocket = websocket
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._frames: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self.overflowed = False
+        self._task = asyncio.create_task(self._run(), name="ws-outbox")
+
+    def push(self, frame: str) -> None:
+        if self.overflowed:
+            return
+        if len(self._frames) >= self._limit:
+            self.overflow()
+            return
+        self._frames.append(frame)
+        self._wake.set()
+
+    def overflow(self) -> None:
+        """Stop queueing for good and have the owner disconnect the peer."""
+        if not self.overflowed:
+            self.overflowed = True
+            self._frames.clear()
+            self._on_overflow()
+
+    async def _run(self) -> None:
+        frames, send = self._frames, self._websocket.send_text
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while frames:
+                    await send(frames.popleft())
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # the socket closed under us
+            log.debug("ws.outbox_stopped", error=repr(exc))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+@dataclass(eq=False)
+class Member:
+    op_id: str
+    outbox: Outbox
+    prefix: str  # '{"id":<op>,"type":"next","payload":'
+    pending: list[tuple[Item, str]] | None = None  # live frames held during replay
+    replay: asyncio.Task[None] | None = None
+    # Last position replayed. A message already in flight to this process when the
+    # group's bus subscription was renewed can still arrive live; skip it once.
+    floor: Position | None = None
+
+    def send(self, payload: str) -> None:
+        self.outbox.push(f"{self.prefix}{payload}}}")
+
+    def offer(self, item: Item, payload: str) -> bool:
+        """Send a live item unless the replay already covered it."""
+        floor = self.floor
+        if floor is not None and isinstance(item, Envelope):
+            if item.epoch == floor.epoch and item.offset <= floor.offset:
+                return False
+            self.floor = None
+        self.send(payload)
+        return True
+
+
+@dataclass(eq=False)
+class Group:
+    key: tuple[Any, ...]
+    plan: Plan
+    context: Context
+    members: set[Member] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Multiplexer:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        bus: Bus,
+        metrics: Metrics,
+        should_mask: Callable[[GraphQLError], bool],
+        *,
+        outbox_limit: int,
+    ) -> None:
+        self.outbox_limit = outbox_limit
+        self._schema = schema
+        self._bus = bus
+        self._metrics = metrics
+        self._should_mask = should_mask
+        self._groups: dict[tuple[Any, ...], Group] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    def encode(self, plan: Plan, context: Context, event: ChannelEvent) -> str:
+        """Execute the selection on one event and encode the payload, once."""
+        result = execute(
+            self._schema,
+            plan.document,
+            root_value=event,
+            context_value=context,
+            variable_values=plan.variables,
+            operation_name=plan.operation_name,
+        )
+        if asyncio.iscoroutine(result) or asyncio.isfuture(result):  # pragma: no cover
+            raise RuntimeError("channel selections must resolve synchronously")
+        payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+        if result.errors:  # type: ignore[union-attr]
+            payload["errors"] = [self._format(e) for e in result.errors]  # type: ignore[union-attr]
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+    def _format(self, error: GraphQLError) -> dict[str, Any]:
+        if self._should_mask(error):
+            log.error("graphql.masked_error", error=repr(error.original_error))
+            return dict(GraphQLError("Unexpected error.", error.nodes, path=error.path).formatted)
+        return dict(error.formatted)
+
+    async def join(
+        self, plan: Plan, context: Context, member: Member, since: Position | None
+    ) -> None:
+        """Add a member; with ``since``, replay history first, then go live."""
+        key = plan.group_key(context)
+        async with self._lock:
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = Group(key, plan, context)
+                group.task = asyncio.create_task(self._pump(group), name=f"mux:{plan.channel}")
+                self._metrics.mux_groups.set(len(self._groups))
+            if since is not None:
+                member.pending = []
+            group.members.add(member)
+        await group.ready.wait()
+        if since is not None:
+            member.replay = asyncio.create_task(self._replay(group, member, since))
+        self._metrics.subscriptions.labels(kind="channel").inc()
+
+    async def leave(self, plan: Plan, context: Context, member: Member) -> None:
+        key = plan.group_key(context)
+        if member.replay is not None:
+            member.replay.cancel()
+        async with self._lock:
+            group = self._groups.get(key)
+            if group is None or member not in group.members:
+                return
+            group.members.discard(member)
+            self._metrics.subscriptions.labels(kind="channel").dec()
+            if group.members:
+                return
+            del self._groups[key]
+            self._metrics.mux_groups.set(len(self._groups))
+        if group.task is not None:
+            group.task.cancel()
+            try:
+                await group.task
+            except asyncio.CancelledError:
+                pass
+
+    async def _pump(self, group: Group) -> None:
+        plan = group.plan
+        try:
+            async with self._bus.subscribe(plan.channel, lambda: self._overflow(group)) as feed:
+                group.ready.set()
+                async for item in feed:
+                    self._fan_out(group, item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("mux.pump_failed", channel=plan.channel)
+            for member in list(group.members):
+                member.outbox.push(_complete(member.op_id))
+
+    def _overflow(self, group: Group) -> None:
+        # The group itself fell behind (the process is saturated): cut every member.
+        for member in list(group.members):
+            member.outbox.overflow()
+
+    def _event(self, item: Item, channel: str) -> ChannelEvent:
+        if isinstance(item, Reset):
+            return ChannelEvent.reset(channel, item.position)
+        return ChannelEvent.from_envelope(item)
+
+    def _fan_out(self, group: Group, item: Item) -> None:
+        payload = self.encode(group.plan, group.context, self._event(item, group.plan.channel))
+        live = 0
+        for member in group.members:
+            if member.pending is not None:
+                member.pending.append((item, payload))
+            elif member.offer(item, payload):
+                live += 1
+        if isinstance(item, Envelope) and live:
+            self._metrics.delivered.inc(live)
+            self._metrics.observe_latency(item)
+
+    async def _replay(self, group: Group, member: Member, since: Position) -> None:
+        try:
+            await self._replay_then_go_live(group, member, since)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Without its replay the member would wait forever: end it visibly instead.
+            log.exception("mux.replay_failed", channel=group.plan.channel)
+            member.outbox.push(_complete(member.op_id))
+
+    async def _replay_then_go_live(self, group: Group, member: Member, since: Position) -> None:
+        plan = group.plan
+        last: Position = since
+        missed = await self._bus.read_since(plan.channel, since)
+        if missed is None:
+            last = await self._bus.position(plan.channel)
+            member.send(self.encode(plan, group.context, ChannelEvent.reset(plan.channel, last)))
+        else:
+            for envelope in missed:
+                member.send(self.encode(plan, group.context, ChannelEvent.from_envelope(envelope)))
+                last = envelope.position
+        member.floor = last
+        pending, member.pending = member.pending or [], None
+        for item, payload in pending:
+            member.offer(item, payload)
+
+
+def _complete(op_id: str) -> str:
+    return json.dumps({"id": op_id, "type": "complete"})
+
+
+def error_frames(op_id: str, error: ApiError) -> tuple[str, str]:
+    """What Strawberry sends when a subscription fails before its first event."""
+    payload = {"data": None, "errors": [{"message": str(error), "extensions": error.extensions}]}
+    nxt = json.dumps({"id": op_id, "type": "next", "payload": payload})
+    return nxt, _complete(op_id)

@@ -1,0 +1,118 @@
+"""The graphql-transport-ws side of multiplexing: intercept ``subscribe`` messages
+that :class:`api.plan.Planner` accepts and serve them from shared groups.
+
+Everything a client can observe matches Strawberry's own handling: 4401 before
+``connection_init``, 4409 for a duplicate id, the per-connection subscription limit,
+errors as a ``next`` with errors followed by ``complete``, and ``complete`` ending a
+subscription. Documents the planner declines fall through to Strawberry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from graphql import GraphQLError
+from starlette.websockets import WebSocket
+
+from api.multiplex import Member, Outbox, error_frames
+from api.plan import Plan, Planner
+from resolvers.access import authorize
+from resolvers.emit import emit
+from schema.context import Context
+from schema.errors import ApiError
+from streams.acl import Action
+from streams.channels import parse_channel
+from streams.envelope import Position
+
+
+@dataclass(eq=False)
+class _Op:
+    plan: Plan
+    member: Member
+
+
+class MultiplexedSubscribe:
+    """Mixin for :class:`BaseGraphQLTransportWSHandler` subclasses."""
+
+    context: Context
+    operations: dict[str, Any]
+    connection_acknowledged: bool
+    max_subscriptions_per_connection: int | None
+    planner: Planner
+    _mux_ops: dict[str, _Op]
+    _outbox: Outbox | None
+
+    if TYPE_CHECKING:  # provided by the protocol handler this is mixed into
+
+        async def send_message(self, message: Any) -> None: ...
+
+    def _init_mux(self) -> None:
+        self._mux_ops = {}
+        self._outbox = None
+
+    async def handle_subscribe(self, message: Any) -> None:
+        op_id = message.get("id")
+        plan = self.planner.plan(message.get("payload")) if self.connection_acknowledged else None
+        if plan is None or not isinstance(op_id, str):
+            await super().handle_subscribe(message)  # type: ignore[misc]
+            return
+        websocket = self.context.request
+        assert isinstance(websocket, WebSocket)
+        if op_id in self.operations or op_id in self._mux_ops:
+            await websocket.close(code=4409, reason=f"Subscriber for {op_id} already exists")
+            return
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.operations) + len(self._mux_ops) >= limit:
+            error = GraphQLError("Subscription limit reached")
+            await self.send_message({"id": op_id, "type": "error", "payload": [error.formatted]})
+            return
+        try:
+            channel = await authorize(self.context, plan.name, Action.SUBSCRIBE)
+        except ApiError as exc:
+            for frame in error_frames(op_id, exc):
+                await websocket.send_text(frame)
+            return
+        plan = replace(plan, channel=channel.name)
+        services = self.context.services
+        if self._outbox is None:
+            self._outbox = Outbox(websocket, services.mux.outbox_limit, self.context.on_overflow)
+        prefix = '{"id":' + json.dumps(op_id) + ',"type":"next","payload":'
+        member = Member(op_id, self._outbox, prefix)
+        self._mux_ops[op_id] = _Op(plan, member)
+        since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
+        await services.mux.join(plan, self.context, member, since)
+        emit(
+            services,
+            self.context.viewer,
+            "subscription.start",
+            {"channel": channel.name},
+            channel=channel,
+        )
+
+    async def handle_complete(self, message: Any) -> None:
+        op = self._mux_ops.pop(message.get("id"), None)
+        if op is None:
+            await super().handle_complete(message)  # type: ignore[misc]
+            return
+        await self._leave(op)
+
+    async def _leave(self, op: _Op) -> None:
+        services = self.context.services
+        await services.mux.leave(op.plan, self.context, op.member)
+        emit(
+            services,
+            self.context.viewer,
+            "subscription.stop",
+            {"channel": op.plan.channel},
+            channel=parse_channel(op.plan.channel),
+        )
+
+    async def shutdown(self) -> None:
+        for op in list(self._mux_ops.values()):
+            await self._leave(op)
+        self._mux_ops.clear()
+        if self._outbox is not None:
+            await self._outbox.close()
+        await super().shutdown()  # type: ignore[misc]

@@ -1,0 +1,130 @@
+"""Decide whether a subscribe message can take the multiplexed path, and how to key it.
+
+A plan is made only for a valid document (same parser token limit, depth and alias
+limits as the schema's extensions) whose operation is a subscription with exactly
+one root field, ``channel``, and no directives on it. Anything else returns None and
+Strawberry handles it, errors included, exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationType,
+    Visitor,
+    get_operation_ast,
+    parse,
+    specified_rules,
+    validate,
+    visit,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.language import VariableNode
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+
+from schema.context import Context
+
+# Fields of ChannelEvent (and below) whose value depends on who is looking.
+VIEWER_FIELDS = frozenset({"fromMe"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str  # the channel as requested; the handler authorizes it
+    since: dict[str, Any] | None
+    document: DocumentNode
+    query: str
+    operation_name: str | None
+    variables: dict[str, Any]
+    variables_key: str  # only the variables the selection itself reads
+    per_viewer: bool
+    channel: str = ""  # canonical name, set once authorized
+
+    def group_key(self, context: Context) -> tuple[Any, ...]:
+        viewer = context.viewer.user_id if self.per_viewer and context.viewer else None
+        return (self.channel, self.query, self.operation_name, self.variables_key, viewer)
+
+
+class _Collect(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.variables: set[str] = set()
+        self.fields: set[str] = set()
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.variables.add(node.name.value)
+
+    def enter_field(self, node: FieldNode, *_: Any) -> None:
+        self.fields.add(node.name.value)
+
+
+class Planner:
+    def __init__(self, schema: GraphQLSchema, *, max_tokens: int, max_depth: int, max_aliases: int):
+        self._schema = schema
+        rules = list(specified_rules)
+        rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
+        rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
+        self._rules = rules
+        self._max_tokens = max_tokens
+        self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
+
+    def _parse_and_validate(self, query: str) -> DocumentNode | None:
+        try:
+            document = parse(query, max_tokens=self._max_tokens)
+        except GraphQLError:
+            return None
+        return None if validate(self._schema, document, self._rules) else document
+
+    def plan(self, payload: object) -> Plan | None:
+        if not isinstance(payload, dict):
+            return None
+        query, operation_name = payload.get("query"), payload.get("operationName")
+        raw_variables = payload.get("variables") or {}
+        if not isinstance(query, str) or not isinstance(raw_variables, dict):
+            return None
+        if operation_name is not None and not isinstance(operation_name, str):
+            return None
+        document = self._checked(query)
+        if document is None:
+            return None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
+            return None
+        selections = operation.selection_set.selections
+        root = selections[0] if len(selections) == 1 else None
+        if not isinstance(root, FieldNode) or root.name.value != "channel" or root.directives:
+            return None
+        coerced = get_variable_values(
+            self._schema, operation.variable_definitions or (), raw_variables
+        )
+        if isinstance(coerced, list):
+            return None
+        subscription = self._schema.subscription_type
+        assert subscription is not None
+        args = get_argument_values(subscription.fields["channel"], root, coerced)
+        inner = _Collect()
+        if root.selection_set is not None:
+            visit(root.selection_set, inner)
+        for definition in document.definitions:
+            if isinstance(definition, FragmentDefinitionNode):
+                visit(definition, inner)
+        used = {k: coerced.coerced.get(k) for k in sorted(inner.variables)}
+        return Plan(
+            name=args["name"],
+            since=args.get("since"),
+            document=document,
+            query=query,
+            operation_name=operation_name,
+            variables=raw_variables,
+            variables_key=json.dumps(used, sort_keys=True, default=str),
+            per_viewer=bool(inner.fields & VIEWER_FIELDS),
+        )
