@@ -27,6 +27,8 @@ from schema import build_schema
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
+from streams.presence import MemoryPresence, Presence
+from streams.presence_redis import RedisPresence
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,18 @@ def build_bus(settings: Settings) -> Bus:
         history_ttl=settings.history_ttl_seconds,
         queue_size=settings.subscriber_queue_size,
     )
+
+
+def build_presence(settings: Settings) -> Presence:
+    """Redis presence when processes share Redis, else this process's memory."""
+    if settings.redis_url:
+        return RedisPresence(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            timeout_seconds=settings.presence_timeout_seconds,
+            queue_size=settings.subscriber_queue_size,
+        )
+    return MemoryPresence(queue_size=settings.subscriber_queue_size)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -79,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sessions = make_sessionmaker(engine)
         events = build_event_log(settings, sessions, bus, metrics.registry)
         await events.start()
+        presence = build_presence(settings)
+        await presence.start()
         services = Services(
             sessions=sessions,
             bus=bus,
@@ -86,11 +102,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics=metrics,
             connections=connections,
             events=events,
+            presence=presence,
         )
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:
             yield {"services": services}
         finally:
+            await presence.close()  # members of this process leave now, not at expiry
             await events.close()  # flush buffered events before the bus and engine go
             await bus.close()
             await engine.dispose()

@@ -20,11 +20,13 @@ from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
 from resolvers import channels as chan_r
 from resolvers import institutions as inst_r
+from resolvers import presence as pres_r
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import ApiError
 from schema.event_extension import EmitEvents
+from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -58,6 +60,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         active_users: int = strawberry.field(resolver=an_r.active_users)
         event_breakdown: list[Count] = strawberry.field(resolver=an_r.event_breakdown)
         system_status: SystemStatus = strawberry.field(resolver=an_r.system_status)
+        presence: PresenceSnapshot = strawberry.field(
+            resolver=pres_r.presence, description="Who is present on a channel now."
+        )
+        online_count: int = strawberry.field(
+            resolver=pres_r.online_count,
+            description="Users of your institution present on any channel now.",
+        )
 
     @strawberry.type
     class Mutation:
@@ -66,6 +75,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             description="Store an announcement, audit it and publish it on its channel.",
         )
         track_activity: bool = strawberry.mutation(resolver=an_r.track_activity)
+        set_status: StatusUpdate = strawberry.mutation(
+            resolver=pres_r.set_status,
+            description="Your status (and message) on every channel where you are present.",
+        )
 
     @strawberry.type
     class Subscription:
@@ -80,6 +93,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
         live_metrics: LiveMetrics = strawberry.subscription(  # type: ignore[assignment]
             resolver=an_r.live_metrics
+        )
+        presence: PresenceEvent = strawberry.subscription(  # type: ignore[assignment]
+            resolver=pres_r.presence_events,
+            description=(
+                "Be present on a channel while subscribed: a SNAPSHOT, then JOIN, LEAVE "
+                "and STATUS events."
+            ),
         )
 
     return strawberry.Schema(

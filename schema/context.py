@@ -15,6 +15,7 @@ from schema.errors import Unauthenticated
 from streams.acl import Viewer
 from streams.bus import Bus
 from streams.events import EventLog
+from streams.presence import Presence
 
 if TYPE_CHECKING:
     from api.auth import TokenService
@@ -32,6 +33,7 @@ class Services:
     metrics: Metrics
     connections: Connections
     events: EventLog
+    presence: Presence
 
 
 @dataclass
