@@ -27,7 +27,8 @@ from schema import build_schema
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
-from streams.presence import MemoryPresence, Presence
+from streams.presence import Presence
+from streams.presence_memory import MemoryPresence
 from streams.presence_redis import RedisPresence
 
 log = structlog.get_logger(__name__)

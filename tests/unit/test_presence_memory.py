@@ -10,12 +10,12 @@ import pytest
 from streams.presence import (
     EventType,
     Member,
-    MemoryPresence,
     PresenceEvent,
     Resync,
     Status,
     Watch,
 )
+from streams.presence_memory import MemoryPresence
 
 CHANNEL = "institution:northwood"
 
