@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 def _should_mask(error: GraphQLError) -> bool:
     """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
     original = error.original_error
-    return original is not None and not isinstance(original, ApiError)
+    # A GraphQLError behind another is GraphQL's own input check (e.g. a variable
+    # holding an unknown enum value): meant for the client, so not masked.
+    return original is not None and not isinstance(original, ApiError | GraphQLError)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
