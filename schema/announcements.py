@@ -9,6 +9,8 @@ from typing import Any, Self
 import strawberry
 
 from db import models
+from schema.alerts import Alert
+from schema.notifications import Notification
 from schema.scalars import Long
 from streams.envelope import Envelope, Position
 
@@ -109,10 +111,16 @@ class ChannelEvent:
         )
     )
     announcement: Announcement | None
+    alert: Alert | None = strawberry.field(default=None, description="Kinds alert*.")
+    notification: Notification | None = strawberry.field(
+        default=None, description="Kind notification."
+    )
 
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> Self:
         data = envelope.data.get("announcement")
+        alert = envelope.data.get("alert")
+        note = envelope.data.get("notification")
         return cls(
             offset=envelope.offset,
             epoch=envelope.epoch,
@@ -121,6 +129,9 @@ class ChannelEvent:
             published_at=envelope.published_at,
             recovered=True,
             announcement=Announcement.from_message(data) if isinstance(data, dict) else None,
+            # Analytics rule alerts (kind analytics.alert) have another shape: no id.
+            alert=Alert.from_message(alert) if isinstance(alert, dict) and "id" in alert else None,
+            notification=Notification.from_message(note) if isinstance(note, dict) else None,
         )
 
     @classmethod
