@@ -133,3 +133,9 @@ async def test_who_may_raise_and_bad_input(embedded_server: ServerProcess) -> No
     assert codes(await gql(server, ACK, "nw-cy", id="abc")) == ["BAD_INPUT"]
     assert codes(await gql(server, ALERT, "nw-admin", id="999999")) == ["NOT_FOUND"]
     assert codes(await gql(server, RESOLVE, None, id="1")) == ["UNAUTHENTICATED"]
+    async with connect(server.ws_url) as outsider:
+        assert (await outsider.init(token("nw-cy")))["type"] == "connection_ack"
+        await outsider.subscribe(ALERTS, {"i": "riverside"})
+        refused = await outsider.recv()
+        # Strawberry reports a failing subscription resolver as a payload with errors.
+        assert refused["type"] in ("next", "error") and "FORBIDDEN" in str(refused["payload"])
