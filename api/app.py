@@ -29,6 +29,9 @@ from schema import build_schema, should_mask
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
+from streams.presence import Presence
+from streams.presence_memory import MemoryPresence
+from streams.presence_redis import RedisPresence
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,18 @@ def build_bus(settings: Settings) -> Bus:
         history_ttl=settings.history_ttl_seconds,
         queue_size=settings.subscriber_queue_size,
     )
+
+
+def build_presence(settings: Settings) -> Presence:
+    """Redis presence when processes share Redis, else this process's memory."""
+    if settings.redis_url:
+        return RedisPresence(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            timeout_seconds=settings.presence_timeout_seconds,
+            queue_size=settings.subscriber_queue_size,
+        )
+    return MemoryPresence(queue_size=settings.subscriber_queue_size)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -88,6 +103,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         sessions = make_sessionmaker(engine)
         events = build_event_log(settings, sessions, bus, metrics.registry)
         await events.start()
+        presence = build_presence(settings)
+        await presence.start()
         services = Services(
             sessions=sessions,
             bus=bus,
@@ -102,11 +119,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 should_mask,
                 outbox_limit=settings.subscriber_queue_size,
             ),
+            presence=presence,
         )
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:
             yield {"services": services}
         finally:
+            await presence.close()  # members of this process leave now, not at expiry
             await events.close()  # flush buffered events before the bus and engine go
             await bus.close()
             await engine.dispose()

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     history_size: int = Field(default=100, ge=1, le=100_000)
     history_ttl_seconds: int = Field(default=600, ge=1)
     subscriber_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    presence_timeout_seconds: float = Field(
+        default=15.0,
+        ge=1.0,
+        le=30.0,
+        description="a dead process's presence members leave within 1.25x this",
+    )
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     max_query_depth: int = Field(default=10, ge=2)

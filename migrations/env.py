@@ -10,6 +10,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import db.alert_models  # noqa: F401  (alerts and notifications)
 import db.analytics_models  # noqa: F401  (registers the analytics tables)
 from db.models import Base
 

@@ -16,15 +16,21 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from resolvers import alerts as al_r
 from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
 from resolvers import channels as chan_r
 from resolvers import institutions as inst_r
+from resolvers import notifications as note_r
+from resolvers import presence as pres_r
+from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import ApiError
 from schema.event_extension import EmitEvents
+from schema.notifications import Notification, NotifyResult
+from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -33,7 +39,9 @@ if TYPE_CHECKING:
 def should_mask(error: GraphQLError) -> bool:
     """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
     original = error.original_error
-    return original is not None and not isinstance(original, ApiError)
+    # A GraphQLError behind another is GraphQL's own input check (e.g. a variable
+    # holding an unknown enum value): meant for the client, so not masked.
+    return original is not None and not isinstance(original, ApiError | GraphQLError)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -58,6 +66,19 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         active_users: int = strawberry.field(resolver=an_r.active_users)
         event_breakdown: list[Count] = strawberry.field(resolver=an_r.event_breakdown)
         system_status: SystemStatus = strawberry.field(resolver=an_r.system_status)
+        presence: PresenceSnapshot = strawberry.field(
+            resolver=pres_r.presence, description="Who is present on a channel now."
+        )
+        online_count: int = strawberry.field(
+            resolver=pres_r.online_count,
+            description="Users of your institution present on any channel now.",
+        )
+        alert: Alert = strawberry.field(
+            resolver=al_r.alert, description="An alert; with its roll-call for those who manage it."
+        )
+        notifications: list[Notification] = strawberry.field(
+            resolver=note_r.notifications, description="Your newest notifications, newest first."
+        )
 
     @strawberry.type
     class Mutation:
@@ -66,6 +87,20 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             description="Store an announcement, audit it and publish it on its channel.",
         )
         track_activity: bool = strawberry.mutation(resolver=an_r.track_activity)
+        set_status: StatusUpdate = strawberry.mutation(
+            resolver=pres_r.set_status,
+            description="Your status (and message) on every channel where you are present.",
+        )
+        raise_alert: Alert = strawberry.mutation(
+            resolver=al_r.raise_alert,
+            description="Store, audit and deliver an alert to its targets' people.",
+        )
+        acknowledge_alert: Acknowledgement = strawberry.mutation(resolver=al_r.acknowledge_alert)
+        resolve_alert: Alert = strawberry.mutation(resolver=al_r.resolve_alert)
+        notify: NotifyResult = strawberry.mutation(
+            resolver=note_r.notify, description="Persist and deliver a private notification."
+        )
+        mark_read: int = strawberry.mutation(resolver=note_r.mark_read)
 
     @strawberry.type
     class Subscription:
@@ -80,6 +115,16 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
         live_metrics: LiveMetrics = strawberry.subscription(  # type: ignore[assignment]
             resolver=an_r.live_metrics
+        )
+        alerts: Alert = strawberry.subscription(  # type: ignore[assignment]
+            resolver=al_r.alerts, description="Alerts raised and resolved in your institution."
+        )
+        presence: PresenceEvent = strawberry.subscription(  # type: ignore[assignment]
+            resolver=pres_r.presence_events,
+            description=(
+                "Be present on a channel while subscribed: a SNAPSHOT, then JOIN, LEAVE "
+                "and STATUS events."
+            ),
         )
 
     return strawberry.Schema(

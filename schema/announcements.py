@@ -9,7 +9,9 @@ from typing import Any, Self
 import strawberry
 
 from db import models
+from schema.alerts import Alert
 from schema.context import Context
+from schema.notifications import Notification
 from schema.scalars import Long
 from streams.envelope import Envelope, Position
 
@@ -115,6 +117,10 @@ class ChannelEvent:
         )
     )
     announcement: Announcement | None
+    alert: Alert | None = strawberry.field(default=None, description="Kinds alert*.")
+    notification: Notification | None = strawberry.field(
+        default=None, description="Kind notification."
+    )
     publisher: strawberry.Private[str | None] = None
 
     from_me: bool = strawberry.field(
@@ -125,6 +131,8 @@ class ChannelEvent:
     @classmethod
     def from_envelope(cls, envelope: Envelope) -> Self:
         data = envelope.data.get("announcement")
+        alert = envelope.data.get("alert")
+        note = envelope.data.get("notification")
         return cls(
             publisher=data.get("authorId") if isinstance(data, dict) else None,
             offset=envelope.offset,
@@ -134,6 +142,9 @@ class ChannelEvent:
             published_at=envelope.published_at,
             recovered=True,
             announcement=Announcement.from_message(data) if isinstance(data, dict) else None,
+            # Analytics rule alerts (kind analytics.alert) have another shape: no id.
+            alert=Alert.from_message(alert) if isinstance(alert, dict) and "id" in alert else None,
+            notification=Notification.from_message(note) if isinstance(note, dict) else None,
         )
 
     @classmethod

@@ -15,6 +15,7 @@ from schema.errors import Unauthenticated
 from streams.acl import Viewer
 from streams.bus import Bus
 from streams.events import EventLog
+from streams.presence import Presence
 
 if TYPE_CHECKING:
     from api.auth import TokenService
@@ -34,6 +35,7 @@ class Services:
     connections: Connections
     mux: Multiplexer
     events: EventLog
+    presence: Presence
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import db.alert_models  # noqa: F401  (alerts and notifications)
 import db.analytics_models  # noqa: F401  (registers the analytics tables on Base)
 from db.migrate import downgrade, upgrade
 from db.models import Base

@@ -1,0 +1,197 @@
+"""Alerts: raise (with recipients and audit in one transaction), acknowledge, resolve,
+and read the roll-call. Outcomes the caller must tell apart come back as values, so
+the API layer decides how to word them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.alert_models import Alert, AlertRecipient
+from db.engine import Sessions
+from db.models import User, user_classrooms, user_departments, utcnow
+from db.repo import Actor, _audit
+from streams.channels import Channel, ChannelKind
+
+NOT_PEOPLE = "service"  # service accounts are integrations, not people to account for
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    NOT_TARGETED = "not_targeted"
+    NOT_ALLOWED = "not_allowed"
+    ALREADY = "already"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    outcome: Outcome
+    alert: Alert | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RollCallEntry:
+    user_id: str
+    display_name: str
+    role: str
+    acknowledged_at: datetime | None
+
+
+def _members(institution: str, channel: Channel) -> Select[str]:
+    """User ids of the people a channel reaches (see docs/presence-alerts.md)."""
+    people = select(User.id).where(User.institution_id == institution, User.role != NOT_PEOPLE)
+    match channel.kind:
+        case ChannelKind.DEPARTMENT:
+            return people.join(user_departments, user_departments.c.user_id == User.id).where(
+                user_departments.c.department_id == channel.key
+            )
+        case ChannelKind.CLASSROOM:
+            return people.join(user_classrooms, user_classrooms.c.user_id == User.id).where(
+                user_classrooms.c.classroom_id == channel.key
+            )
+        case ChannelKind.ROLE:
+            return people.where(User.role == channel.key)
+        case ChannelKind.USER:
+            return people.where(User.id == channel.key)
+        case _:  # institution, alerts: everyone
+            return people
+
+
+async def targeted_users(
+    session: AsyncSession, institution: str, targets: Sequence[Channel]
+) -> set[str]:
+    found: set[str] = set()
+    for channel in targets:
+        found.update(await session.scalars(_members(institution, channel)))
+    return found
+
+
+async def create_alert(
+    sessions: Sessions,
+    *,
+    actor: Actor,
+    institution: str,
+    severity: str,
+    title: str,
+    body: str,
+    targets: Sequence[Channel],
+) -> tuple[Alert, int]:
+    """Store the alert, its targeted people and an audit row in one transaction.
+
+    No targets means the whole institution.
+    """
+    reach = list(targets) or [Channel(ChannelKind.INSTITUTION, institution)]
+    async with sessions() as session, session.begin():
+        people = await targeted_users(session, institution, reach)
+        alert = Alert(
+            institution_id=institution,
+            severity=severity,
+            title=title,
+            body=body,
+            targets=[t.name for t in targets],
+            raised_by=actor.id or "",
+            raised_by_role=actor.role or "",
+        )
+        session.add(alert)
+        await session.flush()
+        session.add_all(AlertRecipient(alert_id=alert.id, user_id=u) for u in sorted(people))
+        detail = {"alertId": alert.id, "severity": severity, "recipients": len(people)}
+        session.add(_audit(actor, "raiseAlert", f"institution:{institution}:alerts", "ok", detail))
+    return alert, len(people)
+
+
+async def get_alert(sessions: Sessions, alert_id: int, institution: str) -> Alert | None:
+    """The alert if it exists in ``institution`` (others are reported missing)."""
+    async with sessions() as session:
+        alert = await session.get(Alert, alert_id)
+    return alert if alert is not None and alert.institution_id == institution else None
+
+
+async def is_recipient(sessions: Sessions, alert_id: int, user_id: str) -> bool:
+    async with sessions() as session:
+        return await session.get(AlertRecipient, (alert_id, user_id)) is not None
+
+
+async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
+    user = actor.id or ""
+    async with sessions() as session, session.begin():
+        alert = await session.get(Alert, alert_id)
+        if alert is None or alert.institution_id != actor.institution:
+            return Change(Outcome.NOT_FOUND)
+        if alert.resolved_at is not None:
+            return Change(Outcome.RESOLVED, alert, alert.resolved_at)
+        row = await session.get(AlertRecipient, (alert_id, user))
+        if row is None:
+            return Change(Outcome.NOT_TARGETED, alert)
+        if row.acknowledged_at is not None:
+            return Change(Outcome.ALREADY, alert, row.acknowledged_at)
+        now = utcnow()
+        # Conditional update: of two concurrent acknowledgements only one counts.
+        done = await session.execute(
+            update(AlertRecipient)
+            .where(
+                AlertRecipient.alert_id == alert_id,
+                AlertRecipient.user_id == user,
+                AlertRecipient.acknowledged_at.is_(None),
+            )
+            .values(acknowledged_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return Change(Outcome.ALREADY, alert)
+        target = f"alert:{alert_id}"
+        session.add(_audit(actor, "acknowledgeAlert", target, "ok", {"alertId": alert_id}))
+    return Change(Outcome.OK, alert, now)
+
+
+async def resolve(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
+    """Admins of the institution, or whoever raised it, may resolve an open alert."""
+    async with sessions() as session, session.begin():
+        alert = await session.get(Alert, alert_id)
+        if alert is None or alert.institution_id != actor.institution:
+            return Change(Outcome.NOT_FOUND)
+        if actor.role != "admin" and alert.raised_by != actor.id:
+            return Change(Outcome.NOT_ALLOWED, alert)
+        if alert.resolved_at is not None:
+            return Change(Outcome.ALREADY, alert, alert.resolved_at)
+        now = utcnow()
+        done = await session.execute(
+            update(Alert)
+            .where(Alert.id == alert_id, Alert.resolved_at.is_(None))
+            .values(resolved_at=now, resolved_by=actor.id)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return Change(Outcome.ALREADY, alert)
+        target = f"alert:{alert_id}"
+        session.add(_audit(actor, "resolveAlert", target, "ok", {"alertId": alert_id}))
+        await session.refresh(alert)
+    return Change(Outcome.OK, alert, now)
+
+
+async def roll_call(sessions: Sessions, alert_id: int) -> list[RollCallEntry]:
+    """Every targeted person with their directory name and acknowledgement, by id."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                AlertRecipient.user_id,
+                User.display_name,
+                User.role,
+                AlertRecipient.acknowledged_at,
+            )
+            .join(User, User.id == AlertRecipient.user_id, isouter=True)
+            .where(AlertRecipient.alert_id == alert_id)
+            .order_by(AlertRecipient.user_id)
+        )
+        return [
+            RollCallEntry(user_id, name or user_id, role or "", at)
+            for user_id, name, role, at in rows
+        ]

@@ -1,0 +1,177 @@
+"""Alerts: raise, follow, acknowledge, resolve, and the roll-call.
+
+Who may raise an alert is the channel ACL, applied to what the alert reaches: with
+targets, you must be allowed to publish on every target (so teachers reach only their
+own classrooms and departments); without targets the alert is institution-wide, which
+needs publish rights on the institution's alerts channel (admins and services).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from db import alert_repo, repo
+from db.alert_repo import Outcome
+from resolvers.access import authorize
+from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
+from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
+from schema.context import Context
+from schema.errors import BadInput, Forbidden, NotFound, ShuttingDown, SlowConsumer
+from streams.acl import Action, Role
+from streams.channels import Channel, ChannelKind
+from streams.envelope import Envelope
+from streams.hub import HubClosed, SlowSubscriber
+
+MAX_TARGETS = 20
+
+
+def _number(value: strawberry.ID) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise BadInput(f"alert id must be a number, got {value!r}") from None
+
+
+async def _targets(ctx: Context, institution: str, names: list[str]) -> list[Channel]:
+    if len(names) > MAX_TARGETS:
+        raise BadInput(f"at most {MAX_TARGETS} targets")
+    targets = []
+    for name in dict.fromkeys(names):
+        channel = await authorize(ctx, name, Action.PUBLISH)
+        if channel.kind is ChannelKind.SYSTEM_STATUS:
+            raise BadInput("system:status reaches no people; it cannot be an alert target")
+        if channel.kind is not ChannelKind.USER and channel.institution != institution:
+            raise BadInput(f"target {name!r} is not in institution {institution!r}")
+        targets.append(channel)
+    return targets
+
+
+async def _denied(ctx: Context, action: str, number: int) -> None:
+    ctx.services.metrics.permission_denied.labels(action=action).inc()
+    await repo.audit(ctx.sessions, ctx.actor, f"{action}.denied", f"alert:{number}", "denied")
+
+
+async def _publish(ctx: Context, alert: Alert, kind: str, targets: list[str]) -> None:
+    """On the institution's alerts channel, then on each target channel once."""
+    message = {"alert": alert.to_message()}
+    for name in dict.fromkeys([f"institution:{alert.institution_id}:alerts", *targets]):
+        await ctx.bus.publish(name, kind, message)
+        ctx.services.metrics.published.labels(kind=kind).inc()
+
+
+async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) -> Alert:
+    ctx = info.context
+    viewer = ctx.require_viewer()
+    institution = str(input.institution_id)
+    alerts_channel = f"institution:{institution}:alerts"
+    if institution != viewer.institution or not input.targets:
+        await authorize(ctx, alerts_channel, Action.PUBLISH)  # admins, services; audited
+    title = _clean(input.title, "title", MAX_TITLE)
+    body = _clean(input.body, "body", MAX_BODY)
+    targets = await _targets(ctx, institution, input.targets or [])
+    row, _ = await alert_repo.create_alert(
+        ctx.sessions,
+        actor=ctx.actor,
+        institution=institution,
+        severity=input.severity.value,
+        title=title,
+        body=body,
+        targets=targets,
+    )
+    alert = Alert.from_row(row)
+    await _publish(ctx, alert, "alert", [t.name for t in targets])
+    return alert
+
+
+async def alert(info: strawberry.Info[Context], id: strawberry.ID) -> Alert:
+    """Visible to the targeted people, admins, services and the raiser; the roll-call
+    only to the last three."""
+    ctx = info.context
+    viewer = ctx.require_viewer()
+    number = _number(id)
+    row = await alert_repo.get_alert(ctx.sessions, number, viewer.institution)
+    if row is None:
+        raise NotFound(f"no alert {number}")
+    manager = viewer.role in (Role.ADMIN, Role.SERVICE) or row.raised_by == viewer.user_id
+    if not manager and not await alert_repo.is_recipient(ctx.sessions, number, viewer.user_id):
+        raise NotFound(f"no alert {number}")
+    result = Alert.from_row(row)
+    if manager:
+        entries = await alert_repo.roll_call(ctx.sessions, number)
+        online = await ctx.services.presence.online(
+            viewer.institution, [e.user_id for e in entries]
+        )
+        result.roll_call = RollCall.build(entries, online)
+    return result
+
+
+async def alerts(
+    info: strawberry.Info[Context], institution_id: strawberry.ID
+) -> AsyncGenerator[Alert, None]:
+    """Alerts raised (and resolved) in your institution, live."""
+    ctx = info.context
+    channel = await authorize(ctx, f"institution:{institution_id}:alerts", Action.SUBSCRIBE)
+    metrics = ctx.services.metrics
+    metrics.subscriptions.labels(kind="alerts").inc()
+    try:
+        async with ctx.bus.stream(channel.name, None, ctx.on_overflow) as items:
+            async for item in items:
+                if isinstance(item, Envelope) and isinstance(item.data.get("alert"), dict):
+                    yield Alert.from_message(dict(item.data["alert"]))
+    except SlowSubscriber as exc:
+        raise SlowConsumer(str(exc)) from exc
+    except HubClosed as exc:
+        raise ShuttingDown(str(exc)) from exc
+    finally:
+        metrics.subscriptions.labels(kind="alerts").dec()
+
+
+async def acknowledge_alert(
+    info: strawberry.Info[Context], alert_id: strawberry.ID
+) -> Acknowledgement:
+    ctx = info.context
+    viewer = ctx.require_viewer()
+    number = _number(alert_id)
+    change = await alert_repo.acknowledge(ctx.sessions, ctx.actor, number)
+    match change.outcome:
+        case Outcome.NOT_FOUND:
+            raise NotFound(f"no alert {number}")
+        case Outcome.RESOLVED:
+            raise BadInput(f"alert {number} is resolved; it can no longer be acknowledged")
+        case Outcome.ALREADY:
+            when = f" at {change.at.isoformat()}" if change.at else ""
+            raise BadInput(f"you already acknowledged alert {number}{when}")
+        case Outcome.NOT_TARGETED:
+            await repo.audit(
+                ctx.sessions, ctx.actor, "acknowledgeAlert.denied", f"alert:{number}", "denied"
+            )
+            raise Forbidden(f"alert {number} does not target you")
+    assert change.at is not None
+    return Acknowledgement(
+        alert_id=strawberry.ID(str(number)),
+        user_id=strawberry.ID(viewer.user_id),
+        acknowledged_at=change.at,
+    )
+
+
+async def resolve_alert(info: strawberry.Info[Context], alert_id: strawberry.ID) -> Alert:
+    ctx = info.context
+    ctx.require_viewer()
+    number = _number(alert_id)
+    change = await alert_repo.resolve(ctx.sessions, ctx.actor, number)
+    match change.outcome:
+        case Outcome.NOT_FOUND:
+            raise NotFound(f"no alert {number}")
+        case Outcome.NOT_ALLOWED:
+            await repo.audit(
+                ctx.sessions, ctx.actor, "resolveAlert.denied", f"alert:{number}", "denied"
+            )
+            raise Forbidden("only admins and whoever raised the alert may resolve it")
+        case Outcome.ALREADY:
+            raise BadInput(f"alert {number} is already resolved")
+    assert change.alert is not None
+    result = Alert.from_row(change.alert)
+    await _publish(ctx, result, "alert.resolved", list(change.alert.targets))
+    return result

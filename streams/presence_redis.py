@@ -1,0 +1,208 @@
+"""Cluster presence in Redis: heartbeats, expiry, and one event stream for all processes.
+
+Every process refreshes the expiry of its own connections every ``timeout / 3``
+seconds and runs a janitor every ``timeout / 4`` seconds that removes connections
+whose expiry passed (whoever's they were) and emits their LEAVE. When a process dies
+(kill -9), its connections stop being refreshed, so their members leave within
+``timeout + timeout / 4`` seconds. The scripts (``streams/presence_lua.py``) make each
+removal and its event one atomic step, so concurrent janitors never emit twice.
+
+Events travel on their own Redis Pub/Sub topic (``{prefix}:presence:ch:events``),
+never on a channel's bus, so they take no offsets from the channel's messages. The
+topic is read by our :class:`RedisPubSubBackend`, which reconnects on its own; after
+a reconnect every watcher gets a resync (re-read the snapshot), since events may have
+been missed. A process that was paused longer than the timeout finds its connections
+expired at the next heartbeat and joins them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streams import presence_lua as lua
+from streams.presence import Member, Presence, PresenceEvent, Snapshot, Status
+from streams.redis_backend import GAP, RedisPubSubBackend
+
+log = structlog.get_logger(__name__)
+
+TOPIC = "events"
+STATUS_TTL_SECONDS = 86_400
+EXPIRE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    channel: str
+    institution: str
+    member_json: str
+
+
+class RedisPresence(Presence):
+    kind = "redis"
+
+    def __init__(self, url: str, *, prefix: str, timeout_seconds: float, queue_size: int) -> None:
+        super().__init__(queue_size=queue_size)
+        self._client = Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=10,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._backend = RedisPubSubBackend(url, prefix=f"{prefix}:presence")
+        self._base = f"{prefix}:{{presence}}"
+        self._topic = self._backend.pubsub_channel(TOPIC)
+        self._timeout_ms = int(timeout_seconds * 1000)
+        self._timeout = timeout_seconds
+        self._process = secrets.token_hex(6)
+        self._next = 0
+        self._local: dict[str, _Local] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._client.register_script(getattr(lua, name))
+            for name in ("JOIN", "LEAVE", "EXPIRE", "HEARTBEAT", "STATUS", "SNAPSHOT")
+        }
+
+    async def _run(self, name: str, *args: str | int) -> Any:
+        return await self._scripts[name](args=[self._base, self._topic, *args])
+
+    async def start(self) -> None:
+        await self._backend.connect()
+        await self._backend.subscribe(TOPIC)
+        self._tasks = [
+            asyncio.create_task(self._read_events(), name="presence-events"),
+            asyncio.create_task(
+                self._every(self._timeout / 3, self._heartbeat), name="presence-heartbeat"
+            ),
+            asyncio.create_task(
+                self._every(self._timeout / 4, self.expire), name="presence-janitor"
+            ),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(_loud)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        # Leave at once on a graceful stop, rather than after the timeout.
+        for connection in list(self._local):
+            try:
+                await self.leave(connection)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("presence.leave_on_close_failed", error=repr(exc))
+                break  # the rest expire on their own
+        await self._backend.disconnect()
+        await self._client.aclose()
+
+    async def join(self, channel: str, institution: str, member: Member) -> str:
+        self._next += 1
+        connection = f"{self._process}:{self._next}"
+        local = _Local(channel, institution, json.dumps(member.to_wire()))
+        self._local[connection] = local
+        try:
+            await self._join(connection, local, member.user_id)
+        except BaseException:
+            self._local.pop(connection, None)
+            raise
+        return connection
+
+    async def _join(self, connection: str, local: _Local, user_id: str) -> None:
+        await self._run(
+            "JOIN",
+            connection,
+            local.channel,
+            user_id,
+            local.institution,
+            local.member_json,
+            self._timeout_ms,
+        )
+
+    async def leave(self, connection: str) -> None:
+        if self._local.pop(connection, None) is not None:
+            await self._run("LEAVE", connection)
+
+    async def snapshot(self, channel: str) -> Snapshot:
+        raw: list[Any] = await self._run("SNAPSHOT", channel)
+        members = sorted(
+            (Member.from_wire(json.loads(v)) for v in raw[1:]), key=lambda m: m.user_id
+        )
+        return Snapshot(channel, members, int(raw[0]))
+
+    async def set_status(self, user_id: str, status: Status, message: str | None) -> int:
+        count = await self._run("STATUS", user_id, status.value, message or "", STATUS_TTL_SECONDS)
+        return int(count)
+
+    async def online(self, institution: str, user_ids: Sequence[str]) -> set[str]:
+        if not user_ids:
+            return set()
+        counts = await self._client.hmget(f"{self._base}:inst:{institution}", list(user_ids))
+        return {u for u, c in zip(user_ids, counts, strict=True) if c and int(c) > 0}
+
+    async def online_count(self, institution: str) -> int:
+        return int(await self._client.hlen(f"{self._base}:inst:{institution}"))
+
+    async def expire(self) -> None:
+        """Remove expired connections of any process; emits their LEAVEs once."""
+        while True:
+            seen, left = await self._run("EXPIRE", EXPIRE_BATCH)
+            if left:
+                log.info("presence.expired", connections=seen, members_left=left)
+            if seen < EXPIRE_BATCH:
+                return
+
+    async def _heartbeat(self) -> None:
+        if not self._local:
+            return
+        missing: list[str] = await self._run("HEARTBEAT", self._timeout_ms, *self._local)
+        for connection in missing:
+            # Expired while this process was paused or cut off: be present again.
+            local = self._local.get(connection)
+            if local is not None:
+                log.warning("presence.rejoin", connection=connection)
+                user_id = json.loads(local.member_json)["userId"]
+                await self._join(connection, local, user_id)
+
+    async def _every(self, interval: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            try:
+                await job()
+            except (RedisError, OSError) as exc:
+                # Keep going: Redis may come back, and expiry catches up then.
+                log.warning("presence.redis_unavailable", job=job.__name__, error=repr(exc))
+
+    async def _read_events(self) -> None:
+        while True:
+            event = await self._backend.next_published()
+            if event.message == GAP:
+                self._resync_all()
+                continue
+            try:
+                self._dispatch(PresenceEvent.from_wire(json.loads(event.message)))
+            except (ValueError, KeyError, TypeError):
+                log.error("presence.bad_event", message=str(event.message)[:200])
+
+
+def _loud(task: asyncio.Task[None]) -> None:
+    """A background task must never die silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("presence.task_died", task=task.get_name(), error=repr(task.exception()))
