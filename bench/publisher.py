@@ -1,0 +1,159 @@
+"""Publish through the public mutation over keep-alive HTTP/1.1, with a real token.
+
+Why not httpx: at thousands of requests per second a general HTTP client costs
+more client CPU than the server spends on a publish, so the "publishes/s" number
+would measure the client. This is a minimal HTTP/1.1 client on asyncio streams:
+one prebuilt header block per connection, Content-Length responses only (what
+Starlette and Strawberry send), and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+MUTATION = "mutation($input: PublishAnnouncementInput!){ publishAnnouncement(input:$input){ id } }"
+BODY = "b" * 64  # the issue's 64-byte payload
+
+
+@dataclass
+class PublishStats:
+    """What a publishing run did: acknowledged seqs, failures, request latencies."""
+
+    acked: list[int] = field(default_factory=list)
+    failed: int = 0
+    first_error: str | None = None
+    request_ms: list[float] = field(default_factory=list)
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def attempted(self) -> int:
+        return len(self.acked) + self.failed
+
+
+class HttpConnection:
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.head = (
+            f"POST /graphql HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            "Content-Length: "
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes, limit_s: float = 30.0) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), limit_s)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = (line.partition(":") for line in lines[1:])
+        headers = {k.strip().lower(): v.strip() for k, _, v in fields}
+        if "content-length" not in headers:
+            raise RuntimeError("response without Content-Length")
+        length = int(headers["content-length"])
+        return status, await asyncio.wait_for(self.reader.readexactly(length), limit_s)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+
+
+class Publisher:
+    """K keep-alive connections; each publish gets the next free one."""
+
+    def __init__(self, host: str, port: int, token: str, channel: str, connections: int) -> None:
+        self.channel = channel
+        self.conns: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        self._all = [HttpConnection(host, port, token) for _ in range(connections)]
+        for conn in self._all:
+            self.conns.put_nowait(conn)
+
+    def body(self, phase: str, seq: int) -> bytes:
+        title = f"{phase}|{seq}|{time.monotonic_ns()}"
+        variables = {
+            "input": {"channel": self.channel, "title": title, "body": BODY, "priority": "NORMAL"}
+        }
+        return json.dumps({"query": MUTATION, "variables": variables}).encode()
+
+    async def publish(self, phase: str, seq: int, stats: PublishStats) -> None:
+        conn = await self.conns.get()
+        try:
+            t0 = time.perf_counter()
+            status, raw = await conn.post(self.body(phase, seq))
+            stats.request_ms.append((time.perf_counter() - t0) * 1000)
+            result = json.loads(raw)
+            if status == 200 and not result.get("errors") and result.get("data"):
+                stats.acked.append(seq)
+                return
+            error = str(result.get("errors") or result)[:300]
+        except Exception as exc:  # a broken connection is a failed publish, not a crash
+            error = repr(exc)[:300]
+            await conn.close()
+            conn.writer = None
+        finally:
+            self.conns.put_nowait(conn)
+        stats.failed += 1
+        stats.first_error = stats.first_error or error
+
+    async def at_rate(self, phase: str, rate: float, count: int, limit_s: float) -> PublishStats:
+        """Open loop: seq i starts at t0 + i/rate, whatever the server's pace."""
+        stats = PublishStats(started=time.monotonic())
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        tasks = []
+        for seq in range(count):
+            delay = t0 + seq / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if loop.time() - t0 > limit_s:
+                break
+            tasks.append(asyncio.create_task(self.publish(phase, seq, stats)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=limit_s + 30)
+        stats.ended = time.monotonic()
+        return stats
+
+    async def flood(
+        self,
+        phase: str,
+        duration_s: float,
+        max_count: int,
+        gate: Callable[[int], Awaitable[None]] | None = None,
+    ) -> PublishStats:
+        """As fast as the connections allow, bounded by time and count.
+
+        ``gate(published)`` may hold a publisher back (the saturation window, so a
+        backlog cannot grow without bound and the run stays measurable).
+        """
+        stats = PublishStats(started=time.monotonic())
+        deadline = stats.started + duration_s
+        seqs = iter(range(max_count))
+
+        async def worker() -> None:
+            for seq in seqs:
+                if time.monotonic() >= deadline:
+                    return
+                if gate is not None:
+                    await gate(stats.attempted)
+                    if time.monotonic() >= deadline:
+                        return
+                await self.publish(phase, seq, stats)
+
+        await asyncio.gather(*(worker() for _ in range(len(self._all))))
+        stats.ended = time.monotonic()
+        return stats
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
