@@ -120,6 +120,8 @@ ROWS: list[Row] = [
     ("{large} subs × {rate}: lost / duplicated", "rate_large.lost|rate_large.duplicated", "lower"),
     ("idle RSS per 1,000 subs MB ({subs} connected)", "idle_rss_mb_per_1000", "lower"),
     ("handshakes/s (connect+init+ack, 50 in flight)", "connect.handshakes_per_s", "higher"),
+    ("handshakes: server CPU %", "connect.server_cpu_percent", "lower"),
+    ("handshakes: client CPU %", "connect.client_cpu_percent", "lower"),
     ("publishes/s, no subscribers", "publish_only.offered_per_s", "higher"),
     ("publishes/s, no subscribers: server CPU %", "publish_only.cpu_percent", "lower"),
 ]

@@ -76,10 +76,14 @@ class ServerRun:
         url = f"ws://127.0.0.1:{self.server.port}/graphql"
         tok = token(SUBSCRIBER_USER)
         sizes = [n // shards + (1 if i < n % shards else 0) for i in range(shards)]
+        self.sampler.start()
         self.shards = await asyncio.gather(
             *(ShardProcess.start(url, tok, CHANNEL, k, self.plan.client_cpu) for k in sizes)
         )
         ready = await asyncio.gather(*(s.expect("ready", 120) for s in self.shards))
+        server = self.sampler.stop()
+        # The shards did nothing but connect so far: their whole CPU time is handshakes.
+        client_s = sum(sum(psutil.Process(s.proc.pid).cpu_times()[:2]) for s in self.shards)
         connected = sum(r["connected"] for r in ready)
         wall = max(r["wall_s"] for r in ready)
         errors = [e for s in self.shards for e in s.connect_errors][:3]
@@ -91,6 +95,8 @@ class ServerRun:
             "connect_errors": errors,
             "handshakes_per_s": round(connected / wall, 1) if wall else None,
             "handshake_p50_ms": ready[0]["handshake_p50_ms"],
+            "server_cpu_percent": server["cpu_percent"],
+            "client_cpu_percent": round(100 * client_s / wall, 1) if wall else None,
         }
 
     async def until_live(self, connected: int, limit_s: float = 60.0) -> None:
