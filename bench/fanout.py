@@ -54,7 +54,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # The machine is shared: other load during the run moves the numbers.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -62,13 +68,18 @@ async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, 
     print(f"[bench] starting {kind} (taskset -c {server.cpus}, port {server.port})",
           file=sys.stderr)  # fmt: skip
     server.start()
+    run = ServerRun(server, plan)
     try:
-        results = await ServerRun(server, plan).run()
-    except Exception:
-        print(f"[bench] {kind} failed; server log tail:\n{server.log()}", file=sys.stderr)
-        raise
+        results = await run.run()
+    except Exception as exc:  # keep what was measured; the other server still runs
+        print(f"[bench] {kind} failed: {exc!r}; server log tail:\n{server.log()[-1500:]}",
+              file=sys.stderr)  # fmt: skip
+        results = {**run.results, "error": repr(exc)}
+        await run.disconnect()
     finally:
+        errors = server.log_errors()
         server.stop()
+    results["server_log_errors"] = errors
     results["server"] = {"kind": kind, "workers": args.workers, "redis": bool(args.redis_url)}
     return results
 
@@ -103,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     kinds = ["ours", "baseline"] if args.server == "both" else [args.server]
     started = datetime.now(UTC)
+    load_before = machine()["loadavg_1m"]
     runs = {kind: asyncio.run(run_one(kind, args, plan)) for kind in kinds}
 
     out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "started": started.isoformat(timespec="seconds"),
         "command": command.strip(),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_1m_before": load_before},
         "plan": vars(plan),
         "runs": runs,
     }

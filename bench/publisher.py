@@ -26,6 +26,7 @@ class PublishStats:
     acked: list[int] = field(default_factory=list)
     failed: int = 0
     first_error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)  # first 80 chars -> count
     request_ms: list[float] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
@@ -61,6 +62,11 @@ class HttpConnection:
         length = int(headers["content-length"])
         return status, await asyncio.wait_for(self.reader.readexactly(length), limit_s)
 
+    def drop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -80,35 +86,55 @@ class Publisher:
         for conn in self._all:
             self.conns.put_nowait(conn)
 
-    def body(self, phase: str, seq: int) -> bytes:
-        title = f"{phase}|{seq}|{time.monotonic_ns()}"
+    def body(self, phase: str, seq: int, stamp_ns: int | None) -> bytes:
+        title = f"{phase}|{seq}|{stamp_ns or time.monotonic_ns()}"
         variables = {
             "input": {"channel": self.channel, "title": title, "body": BODY, "priority": "NORMAL"}
         }
         return json.dumps({"query": MUTATION, "variables": variables}).encode()
 
-    async def publish(self, phase: str, seq: int, stats: PublishStats) -> None:
-        conn = await self.conns.get()
+    async def publish(
+        self, phase: str, seq: int, stats: PublishStats, stamp_ns: int | None = None
+    ) -> None:
+        """One publish; ``stamp_ns`` (default: now) is where its latency starts."""
+        try:
+            conn = await self.conns.get()
+        except asyncio.CancelledError:
+            stats.failed += 1
+            stats.errors["never sent: no free connection"] = 1 + stats.errors.get(
+                "never sent: no free connection", 0
+            )
+            raise
+        answered = acked = False
+        error = "cancelled: no answer within the phase's time limit"
         try:
             t0 = time.perf_counter()
-            status, raw = await conn.post(self.body(phase, seq))
+            status, raw = await conn.post(self.body(phase, seq, stamp_ns))
+            answered = True
             stats.request_ms.append((time.perf_counter() - t0) * 1000)
             result = json.loads(raw)
             if status == 200 and not result.get("errors") and result.get("data"):
                 stats.acked.append(seq)
+                acked = True
                 return
-            error = str(result.get("errors") or result)[:300]
+            error = f"HTTP {status}: {str(result.get('errors') or result)[:300]}"
         except Exception as exc:  # a broken connection is a failed publish, not a crash
             error = repr(exc)[:300]
-            await conn.close()
-            conn.writer = None
         finally:
+            if not answered:  # a request without its response leaves the stream unusable
+                conn.drop()
             self.conns.put_nowait(conn)
-        stats.failed += 1
-        stats.first_error = stats.first_error or error
+            if not acked:
+                stats.failed += 1
+                stats.errors[error[:80]] = stats.errors.get(error[:80], 0) + 1
+                stats.first_error = stats.first_error or error
 
     async def at_rate(self, phase: str, rate: float, count: int, limit_s: float) -> PublishStats:
-        """Open loop: seq i starts at t0 + i/rate, whatever the server's pace."""
+        """Open loop: seq i starts at t0 + i/rate, whatever the server's pace.
+
+        Latency starts at the scheduled time, not when a connection became free, so
+        a server that stalls publishes cannot hide the wait (coordinated omission).
+        """
         stats = PublishStats(started=time.monotonic())
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -119,8 +145,13 @@ class Publisher:
                 await asyncio.sleep(delay)
             if loop.time() - t0 > limit_s:
                 break
-            tasks.append(asyncio.create_task(self.publish(phase, seq, stats)))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=limit_s + 30)
+            stamp = int((t0 + seq / rate - loop.time()) * 1e9) + time.monotonic_ns()
+            tasks.append(asyncio.create_task(self.publish(phase, seq, stats, stamp)))
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=limit_s + 30)
+            for task in pending:  # counted as failed by publish() itself
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         stats.ended = time.monotonic()
         return stats
 

@@ -38,6 +38,7 @@ def merge_reports(reports: list[dict[str, Any]], stats: PublishStats) -> dict[st
         "published": len(stats.acked),
         "publish_failed": stats.failed,
         "publish_error": stats.first_error,
+        "publish_errors": stats.errors,
         "publish_seconds": round(stats.ended - stats.started, 2),
         "publish_request_p50_ms": percentile(req, 0.5),
         "publish_request_p99_ms": percentile(req, 0.99),
@@ -60,7 +61,7 @@ def merge_reports(reports: list[dict[str, Any]], stats: PublishStats) -> dict[st
 
 def problems(results: dict[str, Any]) -> list[str]:
     """Correctness failures of one server's run: loss, duplicates, gaps, closes."""
-    found = []
+    found = [f"run failed: {results['error']}"] if "error" in results else []
     for name in ("rate_small", "saturation", "rate_large"):
         phase = results.get(name)
         if not phase:
@@ -72,7 +73,7 @@ def problems(results: dict[str, Any]) -> list[str]:
             found.append(f"{name}: subscribers closed by the server: {phase['closed']}")
         if phase["publish_failed"]:
             found.append(f"{name}: {phase['publish_failed']} failed publishes "
-                         f"({phase['publish_error']})")  # fmt: skip
+                         f"{phase['publish_errors']}")  # fmt: skip
     return found
 
 

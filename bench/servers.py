@@ -127,6 +127,15 @@ class Server:
     def log(self) -> str:
         return (self.workdir / "server.log").read_text(errors="replace")[-4000:]
 
+    def log_errors(self) -> dict[str, int]:
+        """Exceptions the server logged, by their final line (e.g. 'database is locked')."""
+        found: dict[str, int] = {}
+        for line in (self.workdir / "server.log").read_text(errors="replace").splitlines():
+            if line[:1].isalpha() and ("Error: " in line or "Exception: " in line):
+                key = line[:160]
+                found[key] = found.get(key, 0) + 1
+        return found
+
     def processes(self) -> list[psutil.Process]:
         """The server and its uvicorn worker children (one tree per server)."""
         assert self.process is not None

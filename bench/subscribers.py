@@ -59,8 +59,11 @@ class Shard:
         self.tasks: list[asyncio.Task[None]] = []
 
     def emit(self, event: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the driver is gone: nobody to report to, just leave
+            os._exit(1)
 
     async def _open(self, sem: asyncio.Semaphore, handshakes: list[float]) -> None:
         async with sem:
