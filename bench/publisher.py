@@ -77,13 +77,35 @@ class HttpConnection:
 
 
 class Publisher:
-    """K keep-alive connections; each publish gets the next free one."""
+    """K keep-alive connections; each publish gets the next free one.
 
-    def __init__(self, host: str, port: int, token: str, channel: str, connections: int) -> None:
+    ``flood`` runs exactly K publishers. ``at_rate`` may open up to ``max_connections``
+    so a slow server cannot turn the open-loop schedule into a closed loop.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str,
+        channel: str,
+        connections: int,
+        max_connections: int = 64,
+    ) -> None:
         self.channel = channel
+        self.host, self.port, self.token = host, port, token
+        self.max_connections = max_connections
         self.conns: asyncio.Queue[HttpConnection] = asyncio.Queue()
         self._all = [HttpConnection(host, port, token) for _ in range(connections)]
+        self.flood_connections = connections
         for conn in self._all:
+            self.conns.put_nowait(conn)
+
+    def _grow(self) -> None:
+        """Add a connection when all are busy (open-loop publishing only)."""
+        if self.conns.empty() and len(self._all) < self.max_connections:
+            conn = HttpConnection(self.host, self.port, self.token)
+            self._all.append(conn)
             self.conns.put_nowait(conn)
 
     def body(self, phase: str, seq: int, stamp_ns: int | None) -> bytes:
@@ -146,6 +168,7 @@ class Publisher:
             if loop.time() - t0 > limit_s:
                 break
             stamp = int((t0 + seq / rate - loop.time()) * 1e9) + time.monotonic_ns()
+            self._grow()
             tasks.append(asyncio.create_task(self.publish(phase, seq, stats, stamp)))
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=limit_s + 30)
@@ -181,7 +204,7 @@ class Publisher:
                         return
                 await self.publish(phase, seq, stats)
 
-        await asyncio.gather(*(worker() for _ in range(len(self._all))))
+        await asyncio.gather(*(worker() for _ in range(self.flood_connections)))
         stats.ended = time.monotonic()
         return stats
 

@@ -14,7 +14,9 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
-import { WebSocket } from 'k6/websockets';
+// k6 1.x ships the browser-style WebSocket API as k6/experimental/websockets
+// (later releases also call it k6/websockets).
+import { WebSocket } from 'k6/experimental/websockets';
 
 const BASE = __ENV.BASE || 'http://127.0.0.1:8000';
 const WS_URL = BASE.replace(/^http/, 'ws') + '/graphql';
@@ -140,5 +142,7 @@ export function handleSummary(data) {
       `${got}/${expected} deliveries (${expected - got} missing)`,
     `latency ms: p50 ${lat.med} p90 ${lat['p(90)']} p95 ${lat['p(95)']} max ${lat.max}`,
   ];
-  return { stdout: lines.join('\n') + '\n', 'bench/results/k6-summary.json': JSON.stringify(data) };
+  const out = { stdout: lines.join('\n') + '\n' };
+  if (__ENV.SUMMARY) out[__ENV.SUMMARY] = JSON.stringify(data, null, 2); // -e SUMMARY=path.json
+  return out;
 }
