@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 MUTATION = "mutation($input: PublishAnnouncementInput!){ publishAnnouncement(input:$input){ id } }"
 BODY = "b" * 64  # the 64-byte payload
+IDLE_REOPEN_S = 2.0  # well under uvicorn's 5 s keep-alive timeout
 
 
 @dataclass
@@ -44,13 +45,18 @@ class HttpConnection:
             f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
             "Content-Length: "
         ).encode()
+        self.used = 0.0  # monotonic time of the last complete response
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, body: bytes, limit_s: float = 30.0) -> tuple[int, bytes]:
-        if self.writer is None or self.writer.is_closing():
+        # uvicorn closes keep-alive connections idle for 5 s; a request written into
+        # one that is closing fails without reaching the server, so reopen first.
+        stale = time.monotonic() - self.used > IDLE_REOPEN_S
+        if self.reader is None or self.writer is None or self.reader.at_eof() or stale:
+            self.drop()
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+        assert self.reader is not None and self.writer is not None
         self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), limit_s)
         lines = head.decode("latin-1").split("\r\n")
@@ -60,7 +66,9 @@ class HttpConnection:
         if "content-length" not in headers:
             raise RuntimeError("response without Content-Length")
         length = int(headers["content-length"])
-        return status, await asyncio.wait_for(self.reader.readexactly(length), limit_s)
+        body = await asyncio.wait_for(self.reader.readexactly(length), limit_s)
+        self.used = time.monotonic()
+        return status, body
 
     def drop(self) -> None:
         if self.writer is not None:
@@ -199,7 +207,7 @@ class Publisher:
                 if time.monotonic() >= deadline:
                     return
                 if gate is not None:
-                    await gate(stats.attempted)
+                    await gate(len(stats.acked))
                     if time.monotonic() >= deadline:
                         return
                 await self.publish(phase, seq, stats)
