@@ -120,7 +120,7 @@ class ServerRun:
         return sum(s.progress["received"] for s in self.shards)
 
     def open_subs(self, connected: int) -> int:
-        return connected - sum(s.progress["closed"] for s in self.shards)
+        return connected - sum(int(s.progress["closed"]) for s in self.shards)
 
     # -- one measured phase ------------------------------------------------------------
     async def phase(self, name: str, connected: int, publish: Any) -> dict[str, Any]:

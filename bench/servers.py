@@ -39,13 +39,15 @@ def token(user_id: str, ttl: int = 3600) -> str:
     for inst in DEMO:
         for user in inst.users:
             if user.id == user_id:
-                return TOKENS.mint(
-                    sub=user.id,
-                    role=Role(user.role),
-                    institution=inst.id,
-                    departments=user.departments,
-                    classrooms=user.classrooms,
-                    ttl_seconds=ttl,
+                return str(
+                    TOKENS.mint(
+                        sub=user.id,
+                        role=Role(user.role),
+                        institution=inst.id,
+                        departments=user.departments,
+                        classrooms=user.classrooms,
+                        ttl_seconds=ttl,
+                    )
                 )
     raise KeyError(user_id)
 
@@ -180,7 +182,7 @@ class Sampler:
         return total
 
     def rss(self) -> int:
-        total = sum(p.memory_info().rss for p in self.server.processes())
+        total = int(sum(p.memory_info().rss for p in self.server.processes()))
         self.peak_rss = max(self.peak_rss, total)
         return total
 

@@ -133,7 +133,7 @@ class Shard:
                     sub.close = f"{kind} {str(msg.get('payload'))[:120]}"
         except websockets.ConnectionClosed:
             pass
-        rcvd = ws.close_rcvd
+        rcvd = ws.protocol.close_rcvd
         if sub.close is None:
             sub.close = f"{rcvd.code} {rcvd.reason}" if rcvd else "closed without a close frame"
 
