@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck install dev clean
+.PHONY: run test lint typecheck install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(VENV)/.installed $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
+
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
+
+# The fan-out benchmark's smoke run (bench/README.md has the full run): ~30 s,
+# fails only on lost, duplicated or reordered messages, never on timing.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/fanout.py --quick $(BENCH_ARGS)
 
 run: install
 	$(BIN)/edumatrix migrate

@@ -1,0 +1,145 @@
+"""Fan-out benchmark: our server and a plain Strawberry + broadcaster baseline, side by side.
+
+Issue 4 asks for numbers anyone can rerun and compare: a real graphql-transport-ws
+client (``websockets``), publishes through the public mutation with real tokens,
+both servers driven in one run by the same client so the ratios mean something on
+a shared machine. See bench/README.md for what each number means.
+
+    python bench/fanout.py --quick            # smoke: small N, well under a minute
+    python bench/fanout.py                    # the issue's scenarios, a few minutes
+    python bench/fanout.py --server ours --workers 2 --redis-url redis://127.0.0.1:6379/0
+
+Exit status 1 when any subscriber lost, duplicated or reordered a message, or was
+closed by the server during a measured phase: a correctness check, not a timing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from report import markdown, problems
+from scenarios import Plan, ServerRun
+from servers import BENCH, Server
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        plan = Plan(subs=100, large_subs=200, duration=2.0, sat_duration=1.5,
+                    pub_duration=1.0, shard_size=100, drain_s=10.0)  # fmt: skip
+    else:
+        plan = Plan()
+    for name in ("subs", "large_subs", "rate", "duration", "sat_window"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(plan, name, value)
+    plan.client_cpu = (os.cpu_count() or 2) - 1
+    return plan
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # The machine is shared: other load during the run moves the numbers.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    server = Server(kind, workers=args.workers, redis_url=args.redis_url)
+    print(f"[bench] starting {kind} (taskset -c {server.cpus}, port {server.port})",
+          file=sys.stderr)  # fmt: skip
+    server.start()
+    run = ServerRun(server, plan)
+    try:
+        results = await run.run()
+    except Exception as exc:  # keep what was measured; the other server still runs
+        print(f"[bench] {kind} failed: {exc!r}; server log tail:\n{server.log()[-1500:]}",
+              file=sys.stderr)  # fmt: skip
+        results = {**run.results, "error": repr(exc)}
+        await run.disconnect()
+    finally:
+        errors = server.log_errors()
+        server.stop()
+    results["server_log_errors"] = errors
+    results["server"] = {"kind": kind, "workers": args.workers, "redis": bool(args.redis_url)}
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small N, a few seconds each")
+    parser.add_argument("--server", choices=["ours", "baseline", "both"], default="both")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (needs Redis)")
+    parser.add_argument("--redis-url", default=None, help="shared bus for both servers")
+    parser.add_argument("--subs", type=int, help="subscribers of the 1k phases")
+    parser.add_argument("--large-subs", type=int, help="subscribers of the 5k phase (0 = skip)")
+    parser.add_argument("--rate", type=float, help="publishes/s of the rate phases")
+    parser.add_argument("--duration", type=float, help="seconds of each rate phase")
+    parser.add_argument(
+        "--sat-window",
+        type=int,
+        help="saturation: max messages in flight per subscriber (0 = open loop)",
+    )
+    parser.add_argument("--out", type=Path, help="JSON results (default bench/results/<date>.json)")
+    args = parser.parse_args(argv)
+    if args.workers > 1 and not args.redis_url:
+        parser.error("--workers > 1 needs --redis-url (both servers need a shared bus)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = build_plan(args)
+    os.sched_setaffinity(0, {plan.client_cpu})  # shards inherit nothing: they pin themselves
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    kinds = ["ours", "baseline"] if args.server == "both" else [args.server]
+    started = datetime.now(UTC)
+    load_before = machine()["loadavg_1m"]
+    runs = {kind: asyncio.run(run_one(kind, args, plan)) for kind in kinds}
+
+    out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python bench/fanout.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": command.strip(),
+        "machine": {**machine(), "loadavg_1m_before": load_before},
+        "plan": vars(plan),
+        "runs": runs,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
+
+    suffix = f" ({args.workers} workers + Redis)" if args.workers > 1 else ""
+    print(f"\n{started:%Y-%m-%d %H:%M} UTC · {command.strip()} · {machine()['cpu']}, "
+          f"nproc {os.cpu_count()} · rate {plan.rate:g}/s · results in {out}\n")  # fmt: skip
+    names = {"subs": f"{plan.subs:,}", "large": f"{plan.large_subs:,}", "rate": f"{plan.rate:g}/s"}
+    print(markdown(runs, names, lambda kind: kind + suffix))
+    failures = {kind: problems(r) for kind, r in runs.items()}
+    for kind, found in failures.items():
+        for line in found:
+            print(f"[bench] {kind}: {line}", file=sys.stderr)
+    return 1 if any(failures.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Start, sample and stop the servers under test and the subscriber shards.
+
+Why pinning: on a 2-core machine the server and the client would otherwise fight
+for the same core and every number would measure the scheduler. The server runs
+under ``taskset -c 0`` (cores ``0..W-1`` with ``--workers W``); the driver and
+its shards pin themselves to the last core. Processes are stopped by PID only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from api.auth import TokenService
+from db.seed import DEMO
+from streams.acl import Role
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SECRET = "bench-fanout-secret-" + "s" * 40  # a throwaway HS256 key, loopback only
+TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
+
+
+def token(user_id: str, ttl: int = 3600) -> str:
+    """A real token for a demo user, with the claims the directory gives them."""
+    for inst in DEMO:
+        for user in inst.users:
+            if user.id == user_id:
+                return str(
+                    TOKENS.mint(
+                        sub=user.id,
+                        role=Role(user.role),
+                        institution=inst.id,
+                        departments=user.departments,
+                        classrooms=user.classrooms,
+                        ttl_seconds=ttl,
+                    )
+                )
+    raise KeyError(user_id)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """One server under test: ``ours`` (``python -m api serve``) or ``baseline``."""
+
+    kind: str
+    workers: int = 1
+    redis_url: str | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+
+    @property
+    def cpus(self) -> str:
+        return "0" if self.workers == 1 else f"0-{self.workers - 1}"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
+        env.update(
+            EDUMATRIX_JWT_SECRET=SECRET,
+            EDUMATRIX_DATA_DIR=str(self.workdir / ".edumatrix"),
+            EDUMATRIX_LOG_LEVEL="WARNING",  # no per-request access log in either server
+            PYTHONPATH=str(REPO),
+        )
+        if self.redis_url:
+            env["EDUMATRIX_REDIS_URL"] = self.redis_url
+            env["EDUMATRIX_REDIS_PREFIX"] = f"bench{self.port}"
+        return env
+
+    def _command(self) -> list[str]:
+        if self.kind == "ours":
+            cmd = [sys.executable, "-m", "api", "serve", "--port", str(self.port)]
+        else:
+            cmd = [sys.executable, str(BENCH / "baseline_server.py"), "--port", str(self.port)]
+            if self.redis_url:
+                cmd += ["--redis-url", self.redis_url]
+        return ["taskset", "-c", self.cpus, *cmd, "--workers", str(self.workers)]
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = self._env()
+        if self.kind == "ours":
+            for step in ("migrate", "seed-demo"):
+                subprocess.run(
+                    [sys.executable, "-m", "api", step],
+                    env=env,
+                    cwd=self.workdir,
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+        with (self.workdir / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self._command(), env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} server exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+                    if b" 200 " in sock.recv(200):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.kind} server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return (self.workdir / "server.log").read_text(errors="replace")[-4000:]
+
+    def log_errors(self) -> dict[str, int]:
+        """Exceptions the server logged, by their final line (e.g. 'database is locked')."""
+        found: dict[str, int] = {}
+        for line in (self.workdir / "server.log").read_text(errors="replace").splitlines():
+            if line[:1].isalpha() and ("Error: " in line or "Exception: " in line):
+                key = line[:160]
+                found[key] = found.get(key, 0) + 1
+        return found
+
+    def processes(self) -> list[psutil.Process]:
+        """The server and its uvicorn worker children (one tree per server)."""
+        assert self.process is not None
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        children = []
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        for child in children:  # by PID, only the ones we started
+            if child.is_running():
+                child.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Sampler:
+    """CPU% (100 = one core) and RSS of a process tree over a window."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.cpu0 = 0.0
+        self.t0 = 0.0
+        self.peak_rss = 0
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for proc in self.server.processes():
+            with_times = proc.cpu_times()
+            total += with_times.user + with_times.system
+        return total
+
+    def rss(self) -> int:
+        total = int(sum(p.memory_info().rss for p in self.server.processes()))
+        self.peak_rss = max(self.peak_rss, total)
+        return total
+
+    def start(self) -> None:
+        self.cpu0, self.t0, self.peak_rss = self._cpu(), time.monotonic(), 0
+        self.rss()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        rss = self.rss()
+        return {
+            "cpu_percent": round(100 * (self._cpu() - self.cpu0) / wall, 1) if wall else 0.0,
+            "rss_mb": round(rss / 2**20, 1),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+        }
+
+
+class ShardProcess:
+    """A bench/subscribers.py child; ``progress`` is its latest progress line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.progress: dict[str, Any] = {"received": 0, "live": 0, "closed": 0}
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.connect_errors: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, url: str, tok: str, channel: str, count: int, cpu: int) -> ShardProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCH / "subscribers.py"), "--url", url, "--token", tok,
+            "--channel", channel, "--count", str(count), "--cpu", str(cpu),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=2**26,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            event = json.loads(line)
+            if event["event"] == "progress":
+                self.progress = event
+            elif event["event"] == "connect_error":
+                self.connect_errors.append(event["error"])
+            else:
+                await self.events.put(event)
+        await self.events.put({"event": "exited"})
+
+    async def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def expect(self, kind: str, limit_s: float) -> dict[str, Any]:
+        event = await asyncio.wait_for(self.events.get(), limit_s)
+        if event["event"] != kind:
+            raise RuntimeError(f"shard sent {event['event']!r}, expected {kind!r}")
+        return event
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.send({"cmd": "close"})
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except (TimeoutError, ConnectionError):
+                self.proc.kill()
+                await self.proc.wait()
+        self._reader.cancel()
