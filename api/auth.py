@@ -8,6 +8,7 @@ validated here once, so the rest of the code can trust a :class:`Viewer`.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from streams.acl import Role, Viewer
 from streams.channels import ID_PATTERN
 
 REQUIRED_CLAIMS = ("sub", "role", "inst", "exp")
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class AuthError(Exception):
@@ -46,6 +48,7 @@ class TokenService:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._verified: OrderedDict[str, Viewer] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> tuple[TokenService, bool]:
@@ -72,6 +75,28 @@ class TokenService:
         return service, generated
 
     def verify(self, token: str) -> Viewer:
+        """Verify ``token``; verified tokens are remembered until they expire.
+
+        Services publish with the same token many times a second, and signature
+        checking was a fifth of a publish's cost. A token string maps to one set of
+        claims, so caching the result is exact; only expiry needs checking again.
+        """
+        cached = self._verified.get(token)
+        if cached is not None:
+            if (
+                cached.expires_at is None
+                or cached.expires_at.timestamp() + self._leeway > time.time()
+            ):
+                self._verified.move_to_end(token)
+                return cached
+            del self._verified[token]
+        viewer = self._verify(token)
+        self._verified[token] = viewer
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return viewer
+
+    def _verify(self, token: str) -> Viewer:
         try:
             claims = jwt.decode(
                 token,

@@ -49,6 +49,8 @@ class Outbox:
         self._on_overflow = on_overflow
         self._frames: deque[str] = deque()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set while the outbox is at most half full
+        self._room.set()
         self.overflowed = False
         self._task = asyncio.create_task(self._run(), name="ws-outbox")
 
@@ -60,6 +62,14 @@ class Outbox:
             return
         self._frames.append(frame)
         self._wake.set()
+        if len(self._frames) > self._limit // 2:
+            self._room.clear()
+
+    async def push_paced(self, frame: str) -> None:
+        """Push without overflowing: history replay waits for the socket instead."""
+        while not self._room.is_set() and not self.overflowed:
+            await self._room.wait()
+        self.push(frame)
 
     def overflow(self) -> None:
         """Stop queueing for good and have the owner disconnect the peer."""
@@ -76,6 +86,8 @@ class Outbox:
                 self._wake.clear()
                 while frames:
                     await send(frames.popleft())
+                    if len(frames) <= self._limit // 2:
+                        self._room.set()
         except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # the socket closed under us
             log.debug("ws.outbox_stopped", error=repr(exc))
 
@@ -100,6 +112,9 @@ class Member:
 
     def send(self, payload: str) -> None:
         self.outbox.push(f"{self.prefix}{payload}}}")
+
+    async def send_paced(self, payload: str) -> None:
+        await self.outbox.push_paced(f"{self.prefix}{payload}}}")
 
     def offer(self, item: Item, payload: str) -> bool:
         """Send a live item unless the replay already covered it."""
@@ -237,6 +252,8 @@ class Multiplexer:
         for member in group.members:
             if member.pending is not None:
                 member.pending.append((item, payload))
+                if len(member.pending) > self.outbox_limit:  # live outran the replay
+                    member.outbox.overflow()
             elif member.offer(item, payload):
                 live += 1
         if isinstance(item, Envelope) and live:
@@ -262,7 +279,8 @@ class Multiplexer:
             member.send(self.encode(plan, group.context, ChannelEvent.reset(plan.channel, last)))
         else:
             for envelope in missed:
-                member.send(self.encode(plan, group.context, ChannelEvent.from_envelope(envelope)))
+                event = ChannelEvent.from_envelope(envelope)
+                await member.send_paced(self.encode(plan, group.context, event))
                 last = envelope.position
         member.floor = last
         pending, member.pending = member.pending or [], None

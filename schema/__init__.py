@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 import strawberry
 from graphql import GraphQLError
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
+    AddValidationRules,
     MaskErrors,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -42,6 +44,14 @@ def should_mask(error: GraphQLError) -> bool:
     # A GraphQLError behind another is GraphQL's own input check (e.g. a variable
     # holding an unknown enum value): meant for the client, so not masked.
     return original is not None and not isinstance(original, ApiError | GraphQLError)
+
+
+def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:
+    """Depth and alias limits as validation rules; also used by ``api.plan``."""
+    return [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -134,9 +144,12 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         extensions=[
             # Factories: extensions keep per-request state. The two caches share one
             # module-level LRU, so repeated documents skip parsing and validation.
-            partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
+            # The limit rules are built once: QueryDepthLimiter and MaxAliasesLimiter
+            # make new rule classes per instance, and ValidationCache keys on the
+            # rules, so per-request instances missed the cache on every request
+            # (validation was half the cost of a publish).
+            partial(AddValidationRules, limit_rules(settings)),
             partial(MaxTokensLimiter, max_token_count=settings.max_query_tokens),
-            partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
             partial(ParserCache, maxsize=1024),
             partial(ValidationCache, maxsize=1024),
             partial(MaskErrors, should_mask_error=should_mask),

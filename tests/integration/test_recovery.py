@@ -28,10 +28,10 @@ subscription($name: String!, $since: PositionInput) {
 async def open_channel(
     url: str, since: dict[str, Any] | None = None, user: str = "nw-cy"
 ) -> GraphQLWS:
-    client = GraphQLWS(
-        await websockets.connect(url, subprotocols=["graphql-transport-ws"]),  # type: ignore[list-item]
-        "graphql-transport-ws",
-    )
+    # max_queue=None: a test that stops reading mid-stream must still be able to
+    # complete the close handshake (a full client queue stops reading the socket).
+    ws = await websockets.connect(url, subprotocols=["graphql-transport-ws"], max_queue=None)  # type: ignore[list-item]
+    client = GraphQLWS(ws, "graphql-transport-ws")
     assert (await client.init(token(user)))["type"] == "connection_ack"
     await client.subscribe(RESUME, {"name": MATH_101, "since": since})
     return client

@@ -476,3 +476,15 @@ def test_embedded_with_configured_secret_does_not_write_file(clean_env: Path) ->
     assert settings.mode is Mode.EMBEDDED
     assert settings.signing_secret() == ("short-is-fine-in-embedded", False)
     assert not settings.dev_secret_path.exists()
+
+
+def test_cached_verification_still_expires() -> None:
+    """Verified tokens are cached, but a cached token stops working at its exp."""
+    service = TokenService(
+        algorithm="HS256", verify_key="s" * 48, signing_key="s" * 48, leeway_seconds=0
+    )
+    token = service.mint(sub="u1", role=Role.STUDENT, institution="i1", ttl_seconds=1)
+    assert service.verify(token) is service.verify(token)  # second call is the cached one
+    time.sleep(1.2)
+    with pytest.raises(AuthError, match="expired"):
+        service.verify(token)
