@@ -120,7 +120,7 @@ async def test_offsets_stay_contiguous_while_subscribers_reconnect(
 ) -> None:
     """Three subscribers on B keep dropping and resuming while A publishes."""
     a, b = cluster
-    total = 1500
+    total = 2000
 
     async def publisher() -> None:
         async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
