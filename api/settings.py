@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         le=30.0,
         description="a dead process's presence members leave within 1.25x this",
     )
+    ws_compression: bool = Field(
+        default=False,
+        description="permessage-deflate on WebSockets: compresses every frame per subscriber",
+    )
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     max_query_depth: int = Field(default=10, ge=2)

@@ -182,3 +182,10 @@ async def test_connection_closes_when_token_expires(
                 await client.recv(wait=10)
     assert closed.value.code == 4403
     assert closed.value.reason == "token expired"
+
+
+async def test_compression_is_declined_by_default(embedded_server: ServerProcess) -> None:
+    """Clients (browsers too) offer permessage-deflate; the server says no unless
+    EDUMATRIX_WS_COMPRESSION is set, because fan-out would deflate per subscriber."""
+    async with connect(embedded_server.ws_url) as client:
+        assert client.ws.protocol.extensions == []
