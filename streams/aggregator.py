@@ -82,7 +82,7 @@ class AggregatorMetrics:
         self.latency = Histogram(
             "edumatrix_aggregation_latency_seconds",
             "Event occurredAt to its aggregate committed",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
         self.lag = Gauge(

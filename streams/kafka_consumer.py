@@ -74,6 +74,10 @@ class AnalyticsConsumer:
             heartbeat_interval_ms=max(100, session_timeout_ms // 5),
             rebalance_timeout_ms=rebalance_timeout_ms,
             max_poll_interval_ms=max(rebalance_timeout_ms, 60_000),
+            # aiokafka's default (500 ms) is how long the broker may hold an empty
+            # fetch; tansu holds it the whole time even when events arrive, which put
+            # p99 event -> aggregate at ~490 ms (bench/EVENTS.md). 50 ms: p99 ~50 ms.
+            fetch_max_wait_ms=50,
         )
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         aggregator.dead_letter = self.dead_letter

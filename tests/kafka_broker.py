@@ -57,16 +57,19 @@ class TansuBroker:
 class ConsumerProcess:
     """``python -m api consume`` with the given environment."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], name: str, args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
         self.env = env
+        self.args = args
         self.log_path = workdir / f"consumer-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ConsumerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "api", "consume"],
+                [sys.executable, "-m", "api", "consume", *self.args],
                 env=self.env,
                 cwd=self.workdir,
                 stdout=log,
