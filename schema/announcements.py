@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import strawberry
+from strawberry.scalars import JSON
 
 from db import models
 from schema.alerts import Alert
@@ -118,6 +119,13 @@ class ChannelEvent:
     )
     announcement: Announcement | None
     alert: Alert | None = strawberry.field(default=None, description="Kinds alert*.")
+    data: JSON | None = strawberry.field(
+        default=None,
+        description=(
+            "The message's data as published, for kinds without a typed field "
+            "(e.g. analytics.alert: rule, subject, minute, value, threshold)."
+        ),
+    )
     notification: Notification | None = strawberry.field(
         default=None, description="Kind notification."
     )
@@ -145,6 +153,7 @@ class ChannelEvent:
             # Analytics rule alerts (kind analytics.alert) have another shape: no id.
             alert=Alert.from_message(alert) if isinstance(alert, dict) and "id" in alert else None,
             notification=Notification.from_message(note) if isinstance(note, dict) else None,
+            data=cast(JSON, dict(envelope.data)),  # JSON is a NewType over object
         )
 
     @classmethod

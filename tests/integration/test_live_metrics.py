@@ -27,7 +27,7 @@ LIVE = """subscription($i: ID!) {
     at activeUsers errorsPerMinute messagesDeliveredPerMinute events: eventsPerMinute { key count }
   }
 }"""
-CHANNEL = "subscription($name: String!) { channel(name: $name) { kind channel } }"
+CHANNEL = "subscription($name: String!) { channel(name: $name) { kind channel data } }"
 
 
 def error_codes(message: dict[str, Any]) -> list[str]:
@@ -100,10 +100,14 @@ async def test_failed_logins_raise_an_alert_on_the_admin_channel(
             )
             assert response.status_code in (200, 401), response.text
         message = await admin.next_data(wait=10)
-        assert message["channel"] == {
-            "kind": "analytics.alert",
-            "channel": "institution:northwood:role:admin",
-        }
+        event = message["channel"]
+        assert (event["kind"], event["channel"]) == (
+            "analytics.alert",
+            "institution:northwood:role:admin",
+        )
+        alert = event["data"]["alert"]
+        assert alert["rule"] == "failed_logins"
+        assert alert["threshold"] == 2 and alert["value"] >= 3
         try:  # recorded once per (rule, user, minute): the 4th and 5th raise nothing new
             extra = await admin.recv(wait=1.5)
         except TimeoutError:
