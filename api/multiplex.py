@@ -35,7 +35,7 @@ from schema.context import Context
 from schema.errors import ApiError
 from streams.bus import Bus
 from streams.envelope import Envelope, Position
-from streams.hub import Item, Reset
+from streams.hub import HubClosed, Item, Reset
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +134,7 @@ class Group:
     context: Context
     members: set[Member] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -197,6 +198,8 @@ class Multiplexer:
                 member.pending = []
             group.members.add(member)
         await group.ready.wait()
+        if group.failed:  # its pump already sent this member "complete"
+            return
         if since is not None:
             member.replay = asyncio.create_task(self._replay(group, member, since))
         self._metrics.subscriptions.labels(kind="channel").inc()
@@ -231,8 +234,19 @@ class Multiplexer:
                     self._fan_out(group, item)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("mux.pump_failed", channel=plan.channel)
+        except Exception as exc:
+            # End this group visibly: members get "complete" (clients resubscribe with
+            # since), joiners waiting for it are released, and the next subscriber
+            # starts a fresh group instead of joining a dead one.
+            if isinstance(exc, HubClosed):
+                log.info("mux.pump_stopped", channel=plan.channel)
+            else:
+                log.exception("mux.pump_failed", channel=plan.channel)
+            if self._groups.get(group.key) is group:
+                del self._groups[group.key]
+                self._metrics.mux_groups.set(len(self._groups))
+            group.failed = True
+            group.ready.set()
             for member in list(group.members):
                 member.outbox.push(_complete(member.op_id))
 

@@ -27,6 +27,7 @@ from schema.analytics import (
 )
 from schema.context import Context
 from schema.errors import BadInput, Forbidden, NotFound
+from schema.scalars import Long
 from streams.acl import Role, Viewer
 from streams.events import MAX_DATA_BYTES
 
@@ -73,7 +74,7 @@ async def analytics(
     points = await read.series(
         ctx.sessions, str(institution_id), metric.value, start, end, bucket.value, event_type
     )
-    return [Point(at=at, value=n) for at, n in points]
+    return [Point(at=at, value=Long(n)) for at, n in points]
 
 
 async def top_events(
@@ -88,7 +89,7 @@ async def top_events(
         raise BadInput("limit must be between 1 and 100")
     start, end = _range(from_, to, Bucket.DAY)
     rows = await read.top_events(info.context.sessions, str(institution_id), start, end, limit)
-    return [Count(key=t, count=n) for t, n in rows]
+    return [Count(key=t, count=Long(n)) for t, n in rows]
 
 
 async def active_users(
@@ -110,7 +111,7 @@ async def event_breakdown(
     _admin_of(info.context, str(institution_id))
     start, end = _range(from_, to, Bucket.DAY)
     rows = await read.breakdown(info.context.sessions, str(institution_id), start, end, by.value)
-    return [Count(key=k, count=n) for k, n in rows]
+    return [Count(key=k, count=Long(n)) for k, n in rows]
 
 
 async def track_activity(info: strawberry.Info[Context], input: TrackActivityInput) -> bool:
@@ -135,7 +136,7 @@ async def _snapshot(ctx: Context, institution: str, delivered: float) -> LiveMet
     return LiveMetrics(
         at=now,
         active_users=users,
-        events_per_minute=[Count(key=t, count=n) for t, n, _ in rows],
+        events_per_minute=[Count(key=t, count=Long(n)) for t, n, _ in rows],
         errors_per_minute=sum(e for _, _, e in rows),
         messages_delivered_per_minute=int(delivered),
     )
@@ -176,19 +177,23 @@ async def system_status(info: strawberry.Info[Context]) -> SystemStatus:
     rows = await read.consumer_offsets(info.context.sessions)
     return SystemStatus(
         event_log=events.kind,
-        events_emitted=events.emitted_total,
-        events_dropped=events.dropped_total,
+        events_emitted=Long(events.emitted_total),
+        events_dropped=Long(events.dropped_total),
         consumers=[
             PartitionHealth(
                 group=r.group_id,
                 topic=r.topic,
                 partition=r.partition,
-                next_offset=r.next_offset,
-                high_watermark=r.high_watermark,
-                lag=max(0, r.high_watermark - r.next_offset) if r.high_watermark else None,
+                next_offset=Long(r.next_offset),
+                high_watermark=_long(r.high_watermark),
+                lag=Long(max(0, r.high_watermark - r.next_offset)) if r.high_watermark else None,
                 latency_ms=r.latency_ms,
                 updated_at=utc(r.updated_at),
             )
             for r in rows
         ],
     )
+
+
+def _long(value: int | None) -> Long | None:
+    return None if value is None else Long(value)

@@ -17,6 +17,7 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.schema.config import StrawberryConfig
 
 from resolvers import alerts as al_r
 from resolvers import analytics as an_r
@@ -33,6 +34,7 @@ from schema.errors import ApiError
 from schema.event_extension import EmitEvents
 from schema.notifications import Notification, NotifyResult
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
+from schema.scalars import SCALAR_MAP
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -141,6 +143,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[
             # Factories: extensions keep per-request state. The two caches share one
             # module-level LRU, so repeated documents skip parsing and validation.

@@ -34,13 +34,13 @@ class Breakdown(StrEnum):
 @strawberry.type
 class Point:
     at: datetime
-    value: Long  # type: ignore[valid-type]
+    value: Long
 
 
 @strawberry.type
 class Count:
     key: str
-    count: Long  # type: ignore[valid-type]
+    count: Long
 
 
 @strawberry.type(description="A live view of one institution, at most once a second.")
@@ -59,9 +59,9 @@ class PartitionHealth:
     group: str
     topic: str
     partition: int
-    next_offset: Long  # type: ignore[valid-type]
-    high_watermark: Long | None  # type: ignore[valid-type]
-    lag: Long | None  # type: ignore[valid-type]
+    next_offset: Long
+    high_watermark: Long | None
+    lag: Long | None
     latency_ms: float | None = strawberry.field(
         description="Oldest event of the last batch: occurredAt to its aggregate written."
     )
@@ -71,8 +71,8 @@ class PartitionHealth:
 @strawberry.type
 class SystemStatus:
     event_log: str
-    events_emitted: Long  # type: ignore[valid-type]
-    events_dropped: Long  # type: ignore[valid-type]
+    events_emitted: Long
+    events_dropped: Long
     consumers: list[PartitionHealth]
 
 

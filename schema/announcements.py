@@ -85,18 +85,18 @@ class PublishAnnouncementInput:
 
 @strawberry.input(description="A position to resume a channel from.")
 class PositionInput:
-    offset: Long  # type: ignore[valid-type]
+    offset: Long
     epoch: str
 
 
 @strawberry.type(description="A position in a channel: resume after `offset` in `epoch`.")
 class ChannelPosition:
-    offset: Long  # type: ignore[valid-type]
+    offset: Long
     epoch: str
 
     @classmethod
     def from_position(cls, position: Position) -> Self:
-        return cls(offset=position.offset, epoch=position.epoch)
+        return cls(offset=Long(position.offset), epoch=position.epoch)
 
 
 def _from_me(root: ChannelEvent, info: strawberry.Info[Context, None]) -> bool:
@@ -106,7 +106,7 @@ def _from_me(root: ChannelEvent, info: strawberry.Info[Context, None]) -> bool:
 
 @strawberry.type(description="One message on a channel, in its delivery envelope.")
 class ChannelEvent:
-    offset: Long  # type: ignore[valid-type]
+    offset: Long
     epoch: str
     channel: str
     kind: str
@@ -143,7 +143,7 @@ class ChannelEvent:
         note = envelope.data.get("notification")
         return cls(
             publisher=data.get("authorId") if isinstance(data, dict) else None,
-            offset=envelope.offset,
+            offset=Long(envelope.offset),
             epoch=envelope.epoch,
             channel=envelope.channel,
             kind=envelope.kind,
@@ -159,7 +159,7 @@ class ChannelEvent:
     @classmethod
     def reset(cls, channel: str, position: Position) -> Self:
         return cls(
-            offset=position.offset,
+            offset=Long(position.offset),
             epoch=position.epoch,
             channel=channel,
             kind="reset",

@@ -1,0 +1,112 @@
+"""The multiplexer in-process, on the memory bus: sharing, framing, and a group
+whose bus subscription fails ends its members instead of hanging them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from api.metrics import Metrics
+from api.multiplex import Member, Multiplexer, Outbox
+from api.plan import Planner
+from api.settings import Settings
+from schema import build_schema, should_mask
+from schema.context import Context
+from streams.bus import Bus
+
+DOC = "subscription($n: String!) { channel(name: $n) { offset announcement { title } } }"
+CHANNEL = "institution:x"
+
+
+class RecordingSocket:
+    """Stands in for Starlette's WebSocket at the one method the outbox calls."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+
+async def until(predicate: Any) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - polling what another task writes
+            await asyncio.sleep(0.01)
+
+
+def setup() -> tuple[Bus, Multiplexer, Planner]:
+    settings = Settings()
+    schema = build_schema(settings)._schema
+    bus = Bus.memory(history_size=10, history_ttl=60, queue_size=100)
+    mux = Multiplexer(schema, bus, Metrics(), should_mask, outbox_limit=100)
+    planner = Planner(schema, max_tokens=2000, max_depth=10, max_aliases=15)
+    return bus, mux, planner
+
+
+def member(op_id: str, socket: RecordingSocket) -> Member:
+    outbox = Outbox(socket, 100, lambda: None)  # type: ignore[arg-type]
+    return Member(op_id, outbox, '{"id":' + json.dumps(op_id) + ',"type":"next","payload":')
+
+
+async def test_one_group_one_execution_each_member_its_own_id() -> None:
+    bus, mux, planner = setup()
+    await bus.connect()
+    try:
+        plan = planner.plan({"query": DOC, "variables": {"n": CHANNEL}})
+        assert plan is not None
+        plan = plan.__class__(
+            **{**{f: getattr(plan, f) for f in plan.__slots__}, "channel": CHANNEL}
+        )
+        context = Context(request=None, services=None)  # type: ignore[arg-type]
+        sockets = [RecordingSocket(), RecordingSocket()]
+        members = [member(op, s) for op, s in zip(("a", "b"), sockets, strict=True)]
+        for m in members:
+            await mux.join(plan, context, m, None)
+        assert mux.group_count == 1
+        await bus.publish(CHANNEL, "announcement", {"announcement": _announcement("hi")})
+        await until(lambda: all(s.frames for s in sockets))
+        assert [s.frames[0]["id"] for s in sockets] == ["a", "b"]
+        assert (
+            sockets[0].frames[0]["payload"]
+            == sockets[1].frames[0]["payload"]
+            == {"data": {"channel": {"offset": 1, "announcement": {"title": "hi"}}}}
+        )
+        for m in members:
+            await mux.leave(plan, context, m)
+        assert mux.group_count == 0
+    finally:
+        await bus.close()
+
+
+async def test_failed_bus_subscription_completes_members_and_frees_the_group() -> None:
+    bus, mux, planner = setup()
+    await bus.connect()
+    await bus.hub.close()  # from now on every subscribe raises HubClosed
+    try:
+        plan = planner.plan({"query": DOC, "variables": {"n": CHANNEL}})
+        assert plan is not None
+        plan = plan.__class__(
+            **{**{f: getattr(plan, f) for f in plan.__slots__}, "channel": CHANNEL}
+        )
+        socket = RecordingSocket()
+        context = Context(request=None, services=None)  # type: ignore[arg-type]
+        async with asyncio.timeout(5):  # must not hang waiting for a group that died
+            await mux.join(plan, context, member("a", socket), None)
+        await until(lambda: socket.frames)
+        assert socket.frames == [{"id": "a", "type": "complete"}]
+        assert mux.group_count == 0
+    finally:
+        await bus.close()
+
+
+def _announcement(title: str) -> dict[str, str]:
+    return {
+        "id": "1",
+        "channel": CHANNEL,
+        "authorId": "u",
+        "title": title,
+        "body": "b",
+        "priority": "normal",
+        "createdAt": "2026-11-27T12:00:00+00:00",
+    }
