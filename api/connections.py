@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
 from contextlib import suppress
 from types import FrameType
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 log = structlog.get_logger(__name__)
 
 GOING_AWAY = 1001
+FORBIDDEN = 4403
 SLOW_CONSUMER = 4008
 # A slow peer's close frame waits behind its full socket; it goes out as soon as
 # the peer reads again. A peer that never reads is dropped by uvicorn's ping timeout.
@@ -42,9 +44,15 @@ class Connections:
     def discard(self, websocket: WebSocket) -> None:
         self._open.discard(websocket)
 
+    def close_expired(self, websocket: WebSocket) -> None:
+        log.info("ws.token_expired")
+        self._spawn(self.close(websocket, FORBIDDEN, "token expired"))
+
     def disconnect_slow(self, websocket: WebSocket) -> None:
         """Close without waiting (called from the synchronous fan-out path)."""
-        coro = self.close(websocket, SLOW_CONSUMER, "slow consumer", SLOW_CLOSE_TIMEOUT)
+        self._spawn(self.close(websocket, SLOW_CONSUMER, "slow consumer", SLOW_CLOSE_TIMEOUT))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

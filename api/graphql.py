@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
@@ -25,7 +25,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
-from api.connections import GOING_AWAY
+from api.connections import FORBIDDEN, GOING_AWAY
 from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
 from db import repo
@@ -33,15 +33,6 @@ from resolvers.emit import emit, unverified_identity
 from schema.context import Context, Services
 
 log = structlog.get_logger(__name__)
-
-FORBIDDEN = 4403
-
-
-async def _close_when_expired(websocket: WebSocket, delay: float) -> None:
-    await asyncio.sleep(delay)
-    if websocket.application_state is WebSocketState.CONNECTED:
-        log.info("ws.token_expired")
-        await websocket.close(code=FORBIDDEN, reason="token expired")
 
 
 class _ConnectionTracking:
@@ -139,7 +130,11 @@ class GraphQLView(GraphQL[Context, None]):
         emit(services, viewer, "auth.login", {"transport": "websocket"})
         if viewer.expires_at is not None and isinstance(context.request, WebSocket):
             delay = (viewer.expires_at - datetime.now(UTC)).total_seconds()
-            context.expiry = asyncio.create_task(_close_when_expired(context.request, delay))
+            # A timer, not a sleeping task: one per connection for the token's lifetime.
+            websocket = context.request
+            context.expiry = asyncio.get_running_loop().call_later(
+                max(delay, 0.0), lambda: context.services.connections.close_expired(websocket)
+            )
         return UnsetType()  # the singleton UNSET; means "ack without payload"
 
     async def _auth_failed(

@@ -45,7 +45,7 @@ class Context:
     viewer: Viewer | None = None
     auth_error: str | None = None
     connection_params: dict[str, Any] | None = field(default=None)
-    expiry: asyncio.Task[None] | None = None  # closes a WebSocket when its token expires
+    expiry: asyncio.TimerHandle | None = None  # closes a WebSocket when its token expires
 
     @property
     def sessions(self) -> Sessions:
