@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -304,3 +305,51 @@ async def test_redis_restart_empty_mid_stream(make_server: Make, pg_url: str) ->
         await client.close()
     finally:
         redis_server.stop()
+
+
+def test_sigterm_lets_an_in_flight_mutation_finish(make_server: Make) -> None:
+    """A mutation stuck on the database when SIGTERM arrives still completes."""
+    import sqlite3
+    import threading
+
+    server = make_server()
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    db = sqlite3.connect(server.workdir / ".edumatrix" / "edumatrix.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # the mutation's write now waits for us
+    result: dict[str, Any] = {}
+
+    def mutate() -> None:
+        response = httpx.post(
+            f"{server.url}/graphql",
+            json={
+                "query": 'mutation { publishAnnouncement(input: {channel: "'
+                + MATH_101
+                + '", title: "in flight", body: "b"}) { title } }'
+            },
+            headers={"Authorization": f"Bearer {token('nw-ada')}"},
+            timeout=20,
+        )
+        result["status"] = response.status_code
+        result["body"] = response.json()
+
+    thread = threading.Thread(target=mutate)
+    thread.start()
+    try:
+        time_to_block = 0.5
+        thread.join(time_to_block)
+        assert thread.is_alive(), "the mutation should be waiting for the database"
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        thread.join(1.0)
+        assert thread.is_alive()  # still waiting: shutdown did not cut it off
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    thread.join(15)
+    assert result["status"] == 200
+    assert result["body"]["data"] == {"publishAnnouncement": {"title": "in flight"}}
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown completes.
+    assert server.process.wait(15) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log()
