@@ -307,49 +307,52 @@ async def test_redis_restart_empty_mid_stream(make_server: Make, pg_url: str) ->
         redis_server.stop()
 
 
-def test_sigterm_lets_an_in_flight_mutation_finish(make_server: Make) -> None:
-    """A mutation stuck on the database when SIGTERM arrives still completes."""
-    import sqlite3
+def test_sigterm_lets_an_in_flight_mutation_finish(make_server: Make, pg_url: str) -> None:
+    """A mutation held up on the bus when SIGTERM arrives still completes.
+
+    CLIENT PAUSE ... WRITE on a Redis this test owns holds the mutation's publish
+    script for a few seconds; SIGTERM lands in that window.
+    """
     import threading
 
-    server = make_server()
-    server.cli("migrate")
-    server.cli("seed-demo")
-    server.start()
-    db = sqlite3.connect(server.workdir / ".edumatrix" / "edumatrix.db", isolation_level=None)
-    db.execute("BEGIN EXCLUSIVE")  # the mutation's write now waits for us
-    result: dict[str, Any] = {}
+    import redis as sync_redis
 
-    def mutate() -> None:
-        response = httpx.post(
-            f"{server.url}/graphql",
-            json={
-                "query": 'mutation { publishAnnouncement(input: {channel: "'
-                + MATH_101
-                + '", title: "in flight", body: "b"}) { title } }'
-            },
-            headers={"Authorization": f"Bearer {token('nw-ada')}"},
-            timeout=20,
-        )
-        result["status"] = response.status_code
-        result["body"] = response.json()
-
-    thread = threading.Thread(target=mutate)
-    thread.start()
+    redis_server = RedisProcess().start()
     try:
-        time_to_block = 0.5
-        thread.join(time_to_block)
-        assert thread.is_alive(), "the mutation should be waiting for the database"
+        server = make_server(database_url=pg_url, redis_url=redis_server.url)
+        server.cli("migrate")
+        server.cli("seed-demo")
+        server.start()
+        result: dict[str, Any] = {}
+
+        def mutate() -> None:
+            response = httpx.post(
+                f"{server.url}/graphql",
+                json={
+                    "query": 'mutation { publishAnnouncement(input: {channel: "'
+                    + MATH_101
+                    + '", title: "in flight", body: "b"}) { title } }'
+                },
+                headers={"Authorization": f"Bearer {token('nw-ada')}"},
+                timeout=30,
+            )
+            result["status"] = response.status_code
+            result["body"] = response.json()
+
+        admin = sync_redis.Redis.from_url(redis_server.url)
+        admin.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+        thread = threading.Thread(target=mutate)
+        thread.start()
+        thread.join(0.8)
+        assert thread.is_alive(), "the mutation should be waiting for Redis"
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
-        thread.join(1.0)
-        assert thread.is_alive()  # still waiting: shutdown did not cut it off
+        thread.join(30)
+        admin.close()
+        assert result["status"] == 200
+        assert result["body"]["data"] == {"publishAnnouncement": {"title": "in flight"}}
+        # uvicorn re-raises the captured SIGTERM after its graceful shutdown completes.
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in server.log()
     finally:
-        db.execute("ROLLBACK")
-        db.close()
-    thread.join(15)
-    assert result["status"] == 200
-    assert result["body"]["data"] == {"publishAnnouncement": {"title": "in flight"}}
-    # uvicorn re-raises the captured SIGTERM after its graceful shutdown completes.
-    assert server.process.wait(15) in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in server.log()
+        redis_server.stop()
