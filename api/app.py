@@ -25,7 +25,7 @@ from api.plan import Planner
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.migrate import require_current
-from schema import build_schema, should_mask
+from schema import build_schema, limit_rules, should_mask
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
@@ -78,10 +78,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
     )
     view.planner = Planner(
-        schema._schema,
-        max_tokens=settings.max_query_tokens,
-        max_depth=settings.max_query_depth,
-        max_aliases=settings.max_aliases,
+        schema._schema, max_tokens=settings.max_query_tokens, limit_rules=limit_rules(settings)
     )
 
     @asynccontextmanager

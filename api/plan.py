@@ -9,6 +9,7 @@ Strawberry handles it, errors included, exactly as before.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,7 +30,7 @@ from graphql import (
 )
 from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.language import VariableNode
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from graphql.validation import ASTValidationRule
 
 from schema.context import Context
 
@@ -68,12 +69,17 @@ class _Collect(Visitor):
 
 
 class Planner:
-    def __init__(self, schema: GraphQLSchema, *, max_tokens: int, max_depth: int, max_aliases: int):
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        *,
+        max_tokens: int,
+        limit_rules: Sequence[type[ASTValidationRule]],
+    ) -> None:
+        """``limit_rules``: the schema's own (``schema.limit_rules``), so both paths
+        refuse exactly the same documents."""
         self._schema = schema
-        rules = list(specified_rules)
-        rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
-        rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
-        self._rules = rules
+        self._rules = [*specified_rules, *limit_rules]
         self._max_tokens = max_tokens
         self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
 

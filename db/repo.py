@@ -95,12 +95,6 @@ async def audit(
         session.add(_audit(actor, action, target, outcome, detail or {}))
 
 
-async def audit_rows(sessions: Sessions, *, limit: int = 100) -> list[AuditEntry]:
-    async with sessions() as session:
-        rows = await session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
-        return list(rows)
-
-
 def _audit(
     actor: Actor, action: str, target: str | None, outcome: str, detail: dict[str, Any]
 ) -> AuditEntry:

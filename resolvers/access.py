@@ -1,13 +1,21 @@
-"""The permission step every resolver shares: parse, decide, audit the denial."""
+"""Steps every mutation shares: parse and authorize the channel (auditing the
+denial), and publish what was stored."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
 
 from db import repo
 from resolvers.emit import emit
 from schema.context import Context
-from schema.errors import BadChannel, Forbidden
+from schema.errors import BadChannel, Forbidden, Unavailable
 from streams.acl import Action, is_allowed
 from streams.channels import Channel, ChannelError, ChannelKind, parse_channel
+
+log = structlog.get_logger(__name__)
 
 
 def channel_or_error(name: str) -> Channel:
@@ -35,3 +43,23 @@ async def authorize(ctx: Context, name: str, action: Action) -> Channel:
         ctx.services, viewer, "permission.denied", {"action": action.value, "target": channel.name}
     )
     raise Forbidden(f"{viewer.role.value} {viewer.user_id!r} may not {action.value} on {channel}")
+
+
+async def publish_stored(
+    ctx: Context, channel: str, kind: str, data: dict[str, Any], stored: str
+) -> None:
+    """Publish something already committed to the database.
+
+    Every mutation stores first, then publishes. If the bus is down, the row is
+    kept (readable through the queries) and the caller is told exactly that,
+    instead of an "Unexpected error." that invites a retry and a duplicate.
+    """
+    try:
+        await ctx.bus.publish(channel, kind, data)
+    except (RedisError, OSError) as exc:
+        log.error("bus.publish_failed", channel=channel, kind=kind, error=repr(exc))
+        raise Unavailable(
+            f"{stored} was saved but could not be delivered live ({exc.__class__.__name__}); "
+            "do not retry: subscribers will find it through the queries"
+        ) from exc
+    ctx.services.metrics.published.labels(kind=kind).inc()

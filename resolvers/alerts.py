@@ -14,7 +14,7 @@ import strawberry
 
 from db import alert_repo, repo
 from db.alert_repo import Outcome
-from resolvers.access import authorize
+from resolvers.access import authorize, publish_stored
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
 from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
 from schema.context import Context
@@ -57,8 +57,7 @@ async def _publish(ctx: Context, alert: Alert, kind: str, targets: list[str]) ->
     """On the institution's alerts channel, then on each target channel once."""
     message = {"alert": alert.to_message()}
     for name in dict.fromkeys([f"institution:{alert.institution_id}:alerts", *targets]):
-        await ctx.bus.publish(name, kind, message)
-        ctx.services.metrics.published.labels(kind=kind).inc()
+        await publish_stored(ctx, name, kind, message, f"alert {alert.id}")
 
 
 async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) -> Alert:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from db import repo
-from resolvers.access import authorize
+from resolvers.access import authorize, publish_stored
 from schema.announcements import Announcement, PublishAnnouncementInput
 from schema.context import Context
 from schema.errors import BadInput
@@ -43,8 +43,13 @@ async def publish_announcement(
         priority=input.priority.value,
     )
     announcement = Announcement.from_row(row)
-    await ctx.bus.publish(channel.name, "announcement", {"announcement": announcement.to_message()})
-    ctx.services.metrics.published.labels(kind="announcement").inc()
+    await publish_stored(
+        ctx,
+        channel.name,
+        "announcement",
+        {"announcement": announcement.to_message()},
+        f"announcement {announcement.id}",
+    )
     return announcement
 
 

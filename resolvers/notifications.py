@@ -6,7 +6,7 @@ from __future__ import annotations
 import strawberry
 
 from db import notification_repo
-from resolvers.access import authorize
+from resolvers.access import authorize, publish_stored
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
 from schema.context import Context
 from schema.errors import BadInput
@@ -40,8 +40,13 @@ async def notify(info: strawberry.Info[Context], input: NotifyInput) -> NotifyRe
         body=body,
     )
     notification = Notification.from_row(row)
-    await ctx.bus.publish(channel.name, "notification", {"notification": notification.to_message()})
-    ctx.services.metrics.published.labels(kind="notification").inc()
+    await publish_stored(
+        ctx,
+        channel.name,
+        "notification",
+        {"notification": notification.to_message()},
+        f"notification {notification.id}",
+    )
     return NotifyResult(notification=notification, recipients=recipients)
 
 

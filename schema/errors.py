@@ -12,7 +12,8 @@ that escapes a resolver is unexpected: it is logged and masked (see
     ├── BadInput          BAD_INPUT        an argument fails validation
     ├── NotFound          NOT_FOUND        no such object (or not visible to you)
     ├── SlowConsumer      SLOW_CONSUMER    fell too far behind (WebSocket: closed 4008)
-    └── ShuttingDown      SHUTTING_DOWN    server stopping; resume elsewhere with since
+    ├── ShuttingDown      SHUTTING_DOWN    server stopping; resume elsewhere with since
+    └── Unavailable       UNAVAILABLE      stored, but the bus (Redis) could not take it
 """
 
 from __future__ import annotations
@@ -54,3 +55,7 @@ class SlowConsumer(ApiError):
 
 class ShuttingDown(ApiError):
     code = "SHUTTING_DOWN"
+
+
+class Unavailable(ApiError):
+    code = "UNAVAILABLE"

@@ -110,15 +110,10 @@ class Hub:
         self._topics: dict[str, _Topic] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closed = False
-        self.delivered = 0
 
     @property
     def channel_count(self) -> int:
         return len(self._topics)
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(t.feeds) for t in self._topics.values())
 
     def _lock(self, channel: str) -> asyncio.Lock:
         lock = self._locks.get(channel)
@@ -252,4 +247,3 @@ class Hub:
         topic.last = envelope.position
         for feed in topic.feeds:
             feed.offer(envelope)
-        self.delivered += len(topic.feeds)

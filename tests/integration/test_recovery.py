@@ -289,6 +289,16 @@ async def test_redis_restart_empty_mid_stream(make_server: Make, pg_url: str) ->
         before = (await events(client, 1))[0]
         redis_server.stop()
         assert (await ready_status(server)) == 503
+        # A mutation while the bus is down: stored, and the caller is told so.
+        down = await asyncio.to_thread(
+            server.graphql,
+            'mutation { publishAnnouncement(input: {channel: "'
+            + MATH_101
+            + '", title: "while down", body: "b"}) { id } }',
+            as_user="nw-ada",
+        )
+        assert [e["extensions"]["code"] for e in down["errors"]] == ["UNAVAILABLE"]  # type: ignore[index,union-attr]
+        assert "was saved" in down["errors"][0]["message"]  # type: ignore[index]
         redis_server.start()
         async with asyncio.timeout(20):
             while (await ready_status(server)) != 200:  # noqa: ASYNC110 - polling a server
@@ -303,6 +313,14 @@ async def test_redis_restart_empty_mid_stream(make_server: Make, pg_url: str) ->
             got += await events(client, 1)
             assert got[1]["announcement"]["title"] == "two" and got[1]["offset"] == 1
         await client.close()
+        stored = await asyncio.to_thread(
+            server.graphql,
+            "query($c: String!) { announcements(channel: $c, last: 5) { title } }",
+            {"c": MATH_101},
+            as_user="nw-cy",
+        )
+        titles = [a["title"] for a in stored["data"]["announcements"]]  # type: ignore[index]
+        assert "while down" in titles
     finally:
         redis_server.stop()
 
