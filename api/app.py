@@ -24,6 +24,7 @@ from api.multiplex import Multiplexer
 from api.plan import Planner
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
+from db.group_commit import AnnouncementWriter
 from db.migrate import require_current
 from schema import build_schema, limit_rules, should_mask
 from schema.context import Services
@@ -102,8 +103,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await events.start()
         presence = build_presence(settings)
         await presence.start()
+        announcements = AnnouncementWriter(engine)
         services = Services(
             sessions=sessions,
+            announcements=announcements,
             bus=bus,
             tokens=tokens,
             metrics=metrics,
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await presence.close()  # members of this process leave now, not at expiry
             await events.close()  # flush buffered events before the bus and engine go
+            await announcements.close()
             await bus.close()
             await engine.dispose()
             log.info("server.stopped")

@@ -56,32 +56,6 @@ async def last_announcements(sessions: Sessions, channel: str, last: int) -> lis
         return list(reversed(list(rows)))
 
 
-async def create_announcement(
-    sessions: Sessions,
-    *,
-    actor: Actor,
-    channel: str,
-    institution_id: str | None,
-    title: str,
-    body: str,
-    priority: str,
-) -> Announcement:
-    """Store the announcement and its audit row in one transaction."""
-    async with sessions() as session, session.begin():
-        row = Announcement(
-            channel=channel,
-            institution_id=institution_id,
-            author_id=actor.id or "",
-            title=title,
-            body=body,
-            priority=priority,
-        )
-        session.add(row)
-        await session.flush()
-        session.add(_audit(actor, "publishAnnouncement", channel, "ok", {"announcementId": row.id}))
-    return row
-
-
 async def audit(
     sessions: Sessions,
     actor: Actor,

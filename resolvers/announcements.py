@@ -5,6 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from db import repo
+from db.group_commit import NewAnnouncement
 from resolvers.access import authorize, publish_stored
 from schema.announcements import Announcement, PublishAnnouncementInput
 from schema.context import Context
@@ -28,19 +29,21 @@ def _clean(value: str, field: str, limit: int) -> str:
 async def publish_announcement(
     info: strawberry.Info[Context], input: PublishAnnouncementInput
 ) -> Announcement:
-    """Store, audit, then publish; the returned announcement is what subscribers get."""
+    """Store and audit (group-committed with concurrent publishes), then publish;
+    the returned announcement is what subscribers get."""
     ctx = info.context
     channel = await authorize(ctx, input.channel, Action.PUBLISH)
     title = _clean(input.title, "title", MAX_TITLE)
     body = _clean(input.body, "body", MAX_BODY)
-    row = await repo.create_announcement(
-        ctx.sessions,
-        actor=ctx.actor,
-        channel=channel.name,
-        institution_id=channel.institution,
-        title=title,
-        body=body,
-        priority=input.priority.value,
+    row = await ctx.services.announcements.create(
+        NewAnnouncement(
+            actor=ctx.actor,
+            channel=channel.name,
+            institution_id=channel.institution,
+            title=title,
+            body=body,
+            priority=input.priority.value,
+        )
     )
     announcement = Announcement.from_row(row)
     await publish_stored(

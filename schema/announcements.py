@@ -10,6 +10,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from db import models
+from db.group_commit import StoredAnnouncement
 from schema.alerts import Alert
 from schema.context import Context
 from schema.notifications import Notification
@@ -36,7 +37,7 @@ class Announcement:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: models.Announcement) -> Self:
+    def from_row(cls, row: models.Announcement | StoredAnnouncement) -> Self:
         created = row.created_at
         if created.tzinfo is None:  # SQLite hands back naive datetimes
             created = created.replace(tzinfo=UTC)

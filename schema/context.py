@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from api.connections import Connections
     from api.metrics import Metrics
     from api.multiplex import Multiplexer
+    from db.group_commit import AnnouncementWriter
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Services:
     """Long-lived components the lifespan opens; shared by every request."""
 
     sessions: Sessions
+    announcements: AnnouncementWriter
     bus: Bus
     tokens: TokenService
     metrics: Metrics

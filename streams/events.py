@@ -123,6 +123,9 @@ class EventLog(ABC):
     """
 
     kind: str = "abstract"
+    # How long the sender waits after the first event of a batch for more to join
+    # it. Zero suits a sender that batches by itself (Kafka's linger_ms).
+    linger_seconds: float = 0.0
 
     def __init__(self, *, buffer_size: int, registry: CollectorRegistry | None = None) -> None:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(buffer_size)
@@ -177,6 +180,8 @@ class EventLog(ABC):
     async def _sender(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.linger_seconds:
+                await asyncio.sleep(self.linger_seconds)
             batch += self._drain()
             try:
                 await self._send(batch)

@@ -1,0 +1,167 @@
+"""Group commit for announcements: concurrent publishes share one transaction.
+
+Why: a publish must be committed before it is delivered (subscribers and the
+``announcements`` query must agree), and per publish that commit was the most
+expensive thing the server did. Measured with SQLite and 8 concurrent publishers,
+the ORM unit of work (flush, identity map, commit bookkeeping) took about 40% of
+the server's CPU, the database itself about 5%. Here each caller queues its row
+and awaits its own result; one writer task takes *everything queued so far* and
+stores it with two Core ``INSERT``\\ s (announcements with ``RETURNING id``, then
+their audit rows) in one transaction. Nothing waits on a timer: a lone publish is
+written at once, and under load the batch is whatever arrived during the previous
+write, so cost per publish falls as load rises while latency does not.
+
+A failed batch is retried row by row, each in its own transaction, so one bad row
+(a foreign key, a value too long for Postgres) fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db.models import Announcement, AuditEntry, utcnow
+from db.repo import Actor
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAnnouncement:
+    actor: Actor
+    channel: str
+    institution_id: str | None
+    title: str
+    body: str
+    priority: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnnouncement:
+    """The committed row, with the same attribute names as the ORM model."""
+
+    id: int
+    channel: str
+    institution_id: str | None
+    author_id: str
+    title: str
+    body: str
+    priority: str
+    created_at: datetime
+
+
+_Pending = tuple[NewAnnouncement, "asyncio.Future[StoredAnnouncement]"]
+
+
+class AnnouncementWriter:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # for tests and the benchmark: how much sharing happened
+        self.rows = 0
+
+    async def create(self, new: NewAnnouncement) -> StoredAnnouncement:
+        """Store ``new`` and its audit row; return once they are committed."""
+        future: asyncio.Future[StoredAnnouncement] = asyncio.get_running_loop().create_future()
+        self._queue.append((new, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="announcement-writer")
+        return await future
+
+    async def close(self) -> None:
+        """Let queued rows finish (the lifespan calls this before disposing the engine)."""
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            # A caller that was cancelled (client gone) no longer needs an answer, but
+            # its row is still written: the request got as far as "store", like before.
+            try:
+                stored = await self._write([new for new, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _fail(batch[0][1], exc)
+                    continue
+                log.warning("db.group_commit_retry_rows", rows=len(batch), error=repr(exc))
+                await self._one_by_one(batch)
+                continue
+            self.batches += 1
+            self.rows += len(batch)
+            for (_, future), row in zip(batch, stored, strict=True):
+                if not future.done():
+                    future.set_result(row)
+
+    async def _one_by_one(self, batch: list[_Pending]) -> None:
+        for new, future in batch:
+            try:
+                (row,) = await self._write([new])
+            except Exception as exc:
+                _fail(future, exc)
+            else:
+                if not future.done():
+                    future.set_result(row)
+
+    async def _write(self, rows: list[NewAnnouncement]) -> list[StoredAnnouncement]:
+        now = utcnow()
+        values = [
+            {
+                "channel": r.channel,
+                "institution_id": r.institution_id,
+                "author_id": r.actor.id or "",
+                "title": r.title,
+                "body": r.body,
+                "priority": r.priority,
+                "created_at": now,
+            }
+            for r in rows
+        ]
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                insert(Announcement).returning(Announcement.id, sort_by_parameter_order=True),
+                values,
+            )
+            ids = list(result.scalars())
+            audit = [_audit(r, i, now) for r, i in zip(rows, ids, strict=True)]
+            await conn.execute(insert(AuditEntry), audit)
+        return [
+            StoredAnnouncement(
+                id=i,
+                channel=r.channel,
+                institution_id=r.institution_id,
+                author_id=r.actor.id or "",
+                title=r.title,
+                body=r.body,
+                priority=r.priority,
+                created_at=now,
+            )
+            for r, i in zip(rows, ids, strict=True)
+        ]
+
+
+def _audit(row: NewAnnouncement, announcement_id: int, at: datetime) -> dict[str, Any]:
+    return {
+        "at": at,
+        "actor_id": row.actor.id,
+        "actor_role": row.actor.role,
+        "institution_id": row.actor.institution,
+        "action": "publishAnnouncement",
+        "target": row.channel,
+        "outcome": "ok",
+        "detail": {"announcementId": announcement_id},
+    }
+
+
+def _fail(future: asyncio.Future[StoredAnnouncement], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
