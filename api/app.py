@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -22,6 +23,7 @@ from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
 from api.plan import Planner
+from api.rawsocket import ExposeServerSend
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
@@ -169,7 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/graphql", view),
         WebSocketRoute("/graphql", view),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ExposeServerSend)])
     app.state.settings = settings
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")

@@ -40,6 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # The multiplexer writes frames straight to this protocol's transport
+        # (api/rawsocket.py); with another implementation it falls back to ASGI send.
+        ws="websockets-sansio",
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Off by default, as in Centrifugo: with fan-out, deflate runs once per frame

@@ -40,6 +40,13 @@ class Metrics:
             "Distinct (channel, document, variables, visibility) groups executed once per message",
             registry=r,
         )
+        self.mux_connections = Gauge(
+            "edumatrix_multiplex_connections",
+            "Connections with multiplexed subscriptions, by how their frames are written "
+            "(direct: straight to the socket; asgi: through the ASGI send path)",
+            ["write"],
+            registry=r,
+        )
         self.slow_subscribers = Counter(
             "edumatrix_slow_subscribers_dropped_total",
             "Subscribers disconnected for falling too far behind",

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from api.metrics import Metrics
 from api.plan import Plan
+from api.rawsocket import RawSocket, frame_text, text_frame
 from schema.announcements import ChannelEvent
 from schema.context import Context
 from schema.errors import ApiError
@@ -41,31 +42,48 @@ log = structlog.get_logger(__name__)
 
 
 class Outbox:
-    """One connection's bounded queue of encoded frames and the task that sends them."""
+    """One connection's bounded queue of encoded frames.
+
+    A frame is written straight to the socket when nothing is queued ahead of it
+    and the socket takes it without back-pressure (:class:`RawSocket`); only
+    otherwise is it queued, and a drain task exists only while the queue is not
+    empty. A queue that reaches ``limit`` means the peer is not reading: the
+    connection is closed (4008) rather than slowing anyone else down.
+    """
 
     def __init__(self, websocket: WebSocket, limit: int, on_overflow: Callable[[], None]) -> None:
         self._websocket = websocket
+        self._raw = RawSocket.of(websocket)
         self._limit = limit
         self._on_overflow = on_overflow
-        self._frames: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()  # set while the outbox is at most half full
+        self._frames: deque[bytes] = deque()
+        self._room = asyncio.Event()  # set while the queue is at most half full
         self._room.set()
+        self._task: asyncio.Task[None] | None = None
         self.overflowed = False
-        self._task = asyncio.create_task(self._run(), name="ws-outbox")
 
-    def push(self, frame: str) -> None:
+    @property
+    def write_path(self) -> str:
+        """ "direct" when frames bypass the ASGI send path on this connection."""
+        return "asgi" if self._raw is None else "direct"
+
+    def push(self, frame: bytes) -> None:
         if self.overflowed:
+            return
+        raw = self._raw
+        if not self._frames and raw is not None and raw.writable():
+            raw.write(frame)
             return
         if len(self._frames) >= self._limit:
             self.overflow()
             return
         self._frames.append(frame)
-        self._wake.set()
         if len(self._frames) > self._limit // 2:
             self._room.clear()
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="ws-outbox")
 
-    async def push_paced(self, frame: str) -> None:
+    async def push_paced(self, frame: bytes) -> None:
         """Push without overflowing: history replay waits for the socket instead."""
         while not self._room.is_set() and not self.overflowed:
             await self._room.wait()
@@ -76,54 +94,85 @@ class Outbox:
         if not self.overflowed:
             self.overflowed = True
             self._frames.clear()
+            self._room.set()
             self._on_overflow()
 
-    async def _run(self) -> None:
-        frames, send = self._frames, self._websocket.send_text
+    async def _drain(self) -> None:
+        frames, raw = self._frames, self._raw
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while frames:
-                    await send(frames.popleft())
-                    if len(frames) <= self._limit // 2:
-                        self._room.set()
+            while frames:
+                if raw is not None:
+                    await raw.wait_writable()
+                    if not raw.open:
+                        frames.clear()  # the peer is gone or closing; nothing to deliver
+                        break
+                    while frames and raw.writable():
+                        raw.write(frames.popleft())
+                else:
+                    await self._websocket.send_text(frame_text(frames.popleft()))
+                if len(frames) <= self._limit // 2:
+                    self._room.set()
         except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # the socket closed under us
             log.debug("ws.outbox_stopped", error=repr(exc))
+            frames.clear()
+        finally:
+            self._room.set()
+            self._task = None
 
     async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+class Frames:
+    """One message's payload and the frames built from it, one per operation id.
+
+    Clients mostly number their operations alike ("1", "2", ...), so most members
+    of a group share not only the payload but the whole frame.
+    """
+
+    __slots__ = ("payload", "_by_prefix")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._by_prefix: dict[bytes, bytes] = {}
+
+    def for_prefix(self, prefix: bytes) -> bytes:
+        frame = self._by_prefix.get(prefix)
+        if frame is None:
+            frame = self._by_prefix[prefix] = text_frame(prefix + self.payload + b"}")
+        return frame
 
 
 @dataclass(eq=False)
 class Member:
     op_id: str
     outbox: Outbox
-    prefix: str  # '{"id":<op>,"type":"next","payload":'
-    pending: list[tuple[Item, str]] | None = None  # live frames held during replay
+    prefix: bytes  # b'{"id":<op>,"type":"next","payload":'
+    pending: list[tuple[Item, Frames]] | None = None  # live messages held during replay
     replay: asyncio.Task[None] | None = None
     # Last position replayed. A message already in flight to this process when the
     # group's bus subscription was renewed can still arrive live; skip it once.
     floor: Position | None = None
 
-    def send(self, payload: str) -> None:
-        self.outbox.push(f"{self.prefix}{payload}}}")
+    def send(self, frames: Frames) -> None:
+        self.outbox.push(frames.for_prefix(self.prefix))
 
-    async def send_paced(self, payload: str) -> None:
-        await self.outbox.push_paced(f"{self.prefix}{payload}}}")
+    async def send_paced(self, payload: bytes) -> None:
+        await self.outbox.push_paced(text_frame(self.prefix + payload + b"}"))
 
-    def offer(self, item: Item, payload: str) -> bool:
+    def offer(self, item: Item, frames: Frames) -> bool:
         """Send a live item unless the replay already covered it."""
         floor = self.floor
         if floor is not None and isinstance(item, Envelope):
             if item.epoch == floor.epoch and item.offset <= floor.offset:
                 return False
             self.floor = None
-        self.send(payload)
+        self.send(frames)
         return True
 
 
@@ -160,7 +209,7 @@ class Multiplexer:
     def group_count(self) -> int:
         return len(self._groups)
 
-    def encode(self, plan: Plan, context: Context, event: ChannelEvent) -> str:
+    def encode(self, plan: Plan, context: Context, event: ChannelEvent) -> bytes:
         """Execute the selection on one event and encode the payload, once."""
         result = execute(
             self._schema,
@@ -175,7 +224,7 @@ class Multiplexer:
         payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
         if result.errors:  # type: ignore[union-attr]
             payload["errors"] = [self._format(e) for e in result.errors]  # type: ignore[union-attr]
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _format(self, error: GraphQLError) -> dict[str, Any]:
         if self._should_mask(error):
@@ -248,7 +297,7 @@ class Multiplexer:
             group.failed = True
             group.ready.set()
             for member in list(group.members):
-                member.outbox.push(_complete(member.op_id))
+                member.outbox.push(complete_frame(member.op_id))
 
     def _overflow(self, group: Group) -> None:
         # The group itself fell behind (the process is saturated): cut every member.
@@ -261,14 +310,16 @@ class Multiplexer:
         return ChannelEvent.from_envelope(item)
 
     def _fan_out(self, group: Group, item: Item) -> None:
-        payload = self.encode(group.plan, group.context, self._event(item, group.plan.channel))
+        frames = Frames(
+            self.encode(group.plan, group.context, self._event(item, group.plan.channel))
+        )
         live = 0
         for member in group.members:
             if member.pending is not None:
-                member.pending.append((item, payload))
+                member.pending.append((item, frames))
                 if len(member.pending) > self.outbox_limit:  # live outran the replay
                     member.outbox.overflow()
-            elif member.offer(item, payload):
+            elif member.offer(item, frames):
                 live += 1
         if isinstance(item, Envelope) and live:
             self._metrics.delivered.inc(live)
@@ -282,7 +333,7 @@ class Multiplexer:
         except Exception:
             # Without its replay the member would wait forever: end it visibly instead.
             log.exception("mux.replay_failed", channel=group.plan.channel)
-            member.outbox.push(_complete(member.op_id))
+            member.outbox.push(complete_frame(member.op_id))
 
     async def _replay_then_go_live(self, group: Group, member: Member, since: Position) -> None:
         plan = group.plan
@@ -290,7 +341,8 @@ class Multiplexer:
         missed = await self._bus.read_since(plan.channel, since)
         if missed is None:
             last = await self._bus.position(plan.channel)
-            member.send(self.encode(plan, group.context, ChannelEvent.reset(plan.channel, last)))
+            reset = ChannelEvent.reset(plan.channel, last)
+            await member.send_paced(self.encode(plan, group.context, reset))
         else:
             for envelope in missed:
                 event = ChannelEvent.from_envelope(envelope)
@@ -298,8 +350,12 @@ class Multiplexer:
                 last = envelope.position
         member.floor = last
         pending, member.pending = member.pending or [], None
-        for item, payload in pending:
-            member.offer(item, payload)
+        for item, frames in pending:
+            member.offer(item, frames)
+
+
+def complete_frame(op_id: str) -> bytes:
+    return text_frame(_complete(op_id).encode())
 
 
 def _complete(op_id: str) -> str:

@@ -78,7 +78,8 @@ class MultiplexedSubscribe:
         services = self.context.services
         if self._outbox is None:
             self._outbox = Outbox(websocket, services.mux.outbox_limit, self.context.on_overflow)
-        prefix = '{"id":' + json.dumps(op_id) + ',"type":"next","payload":'
+            services.metrics.mux_connections.labels(write=self._outbox.write_path).inc()
+        prefix = ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
         member = Member(op_id, self._outbox, prefix)
         self._mux_ops[op_id] = _Op(plan, member)
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
@@ -115,4 +116,7 @@ class MultiplexedSubscribe:
         self._mux_ops.clear()
         if self._outbox is not None:
             await self._outbox.close()
+            self.context.services.metrics.mux_connections.labels(
+                write=self._outbox.write_path
+            ).dec()
         await super().shutdown()  # type: ignore[misc]

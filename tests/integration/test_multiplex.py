@@ -24,11 +24,15 @@ SHARED = "subscription($n: String!) { channel(name: $n) { offset announcement { 
 USERS = ("nw-ada", "nw-cy", "nw-admin")
 
 
-def groups(server: ServerProcess) -> float:
+def metric(server: ServerProcess, name: str) -> float:
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("edumatrix_multiplex_groups "):
+        if line.startswith(name + " "):
             return float(line.split()[-1])
-    raise AssertionError("edumatrix_multiplex_groups missing")
+    raise AssertionError(f"{name} missing")
+
+
+def groups(server: ServerProcess) -> float:
+    return metric(server, "edumatrix_multiplex_groups")
 
 
 async def ready(client: GraphQLWS, user: str, query: str, variables: dict[str, Any]) -> str:
@@ -52,6 +56,9 @@ async def test_multiplexed_equals_per_subscriber_execution(embedded_server: Serv
         await asyncio.sleep(0.3)
         await asyncio.to_thread(httpx.get, f"{embedded_server.url}/healthz")
         assert await asyncio.to_thread(groups, embedded_server) == 3  # fromMe: per viewer
+        # ...and their frames are written straight to the socket (api/rawsocket.py).
+        direct = 'edumatrix_multiplex_connections{write="direct"}'
+        assert await asyncio.to_thread(metric, embedded_server, direct) >= 3
         for title in ("one", "two"):
             await publish(embedded_server, "nw-ada", MATH_101, title)
         for user in USERS:
@@ -146,3 +153,24 @@ async def test_subscription_limit_counts_multiplexed_operations(make_server: Any
         "type": "error",
         "payload": [{"message": "Subscription limit reached"}],
     }
+
+
+async def test_compressed_connections_take_the_asgi_path(make_server: Any) -> None:
+    """With permessage-deflate negotiated, frames cannot be written raw: the same
+    subscriber gets the same data through the ASGI send path, compressed."""
+    server: ServerProcess = make_server(ws_compression="true")
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    async with connect(server.ws_url) as deflated, connect(server.ws_url, LEGACY_WS) as plain:
+        assert deflated.ws.protocol.extensions  # the client offers deflate by default
+        await ready(deflated, "nw-cy", FULL, {"name": MATH_101})
+        await ready(plain, "nw-cy", FULL, {"name": MATH_101})
+        await asyncio.sleep(0.3)
+        asgi = 'edumatrix_multiplex_connections{write="asgi"}'
+        assert await asyncio.to_thread(metric, server, asgi) == 1
+        for title in ("one", "two"):
+            await publish(server, "nw-ada", MATH_101, title)
+        muxed = [await deflated.next_data() for _ in range(2)]
+        legacy = [await plain.next_data() for _ in range(2)]
+        assert muxed == legacy

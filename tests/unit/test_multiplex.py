@@ -24,6 +24,7 @@ class RecordingSocket:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+        self.scope: dict[str, Any] = {}  # no server send: the outbox takes the ASGI path
 
     async def send_text(self, text: str) -> None:
         self.frames.append(json.loads(text))
@@ -46,7 +47,9 @@ def setup() -> tuple[Bus, Multiplexer, Planner]:
 
 def member(op_id: str, socket: RecordingSocket) -> Member:
     outbox = Outbox(socket, 100, lambda: None)  # type: ignore[arg-type]
-    return Member(op_id, outbox, '{"id":' + json.dumps(op_id) + ',"type":"next","payload":')
+    return Member(
+        op_id, outbox, ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
+    )
 
 
 async def test_one_group_one_execution_each_member_its_own_id() -> None:
