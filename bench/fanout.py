@@ -1,7 +1,8 @@
 """Fan-out benchmark: our server and a plain Strawberry + broadcaster baseline, side by side.
 
 Issue 4 asks for numbers anyone can rerun and compare: a real graphql-transport-ws
-client (``websockets``), publishes through the public mutation with real tokens,
+client (Node ``graphql-ws`` by default, bench/node/shard.mjs; ``--client python`` for
+the ``websockets`` shard), publishes through the public mutation with real tokens,
 both servers driven in one run by the same client so the ratios mean something on
 a shared machine. See bench/README.md for what each number means.
 
@@ -23,12 +24,13 @@ import platform
 import resource
 import sys
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from report import markdown, problems
 from scenarios import Plan, ServerRun
-from servers import BENCH, Server
+from servers import BENCH, Server, node_client
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -42,7 +44,27 @@ def build_plan(args: argparse.Namespace) -> Plan:
         if value is not None:
             setattr(plan, name, value)
     plan.client_cpu = (os.cpu_count() or 2) - 1
+    plan.client = args.client
     return plan
+
+
+def choose_client(requested: str | None) -> tuple[str, dict[str, str]]:
+    """The subscriber shard to use and its versions: Node's graphql-ws when it can run.
+
+    The issue measures with a Node graphql-ws client; the Python shard is the
+    fallback, and at 5,000 subscribers it needs a whole core (so latency there
+    measures the client): say so whenever it is used by default.
+    """
+    versions, why_not = node_client()
+    if requested == "node" and versions is None:
+        raise SystemExit(f"[bench] --client node: {why_not}")
+    if requested == "python" or versions is None:
+        if requested is None:
+            print(f"[bench] using the Python subscriber shard: {why_not}. It saturates the "
+                  "client core near 50k deliveries/s, so large-N latency measures the client.",
+                  file=sys.stderr)  # fmt: skip
+        return "python", {"python": platform.python_version(), "websockets": version("websockets")}
+    return "node", versions
 
 
 def machine() -> dict[str, Any]:
@@ -99,6 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="saturation: max messages in flight per subscriber (0 = open loop)",
     )
+    parser.add_argument(
+        "--client",
+        choices=["node", "python"],
+        help="subscriber shards: node = graphql-ws (default when installed), python = websockets",
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/<date>.json)")
     args = parser.parse_args(argv)
     if args.workers > 1 and not args.redis_url:
@@ -108,8 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.client, client_versions = choose_client(args.client)
     plan = build_plan(args)
-    os.sched_setaffinity(0, {plan.client_cpu})  # shards inherit nothing: they pin themselves
+    os.sched_setaffinity(0, {plan.client_cpu})  # shards pin themselves too (Node via taskset)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     kinds = ["ours", "baseline"] if args.server == "both" else [args.server]
@@ -125,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "machine": {**machine(), "loadavg_1m_before": load_before},
         "plan": vars(plan),
+        "client": {"kind": args.client, "versions": client_versions},
         "runs": runs,
     }
     out.write_text(json.dumps(document, indent=2) + "\n")
@@ -133,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{started:%Y-%m-%d %H:%M} UTC · {command.strip()} · {machine()['cpu']}, "
           f"nproc {os.cpu_count()} · rate {plan.rate:g}/s · results in {out}\n")  # fmt: skip
     names = {"subs": f"{plan.subs:,}", "large": f"{plan.large_subs:,}", "rate": f"{plan.rate:g}/s"}
-    print(markdown(runs, names, lambda kind: kind + suffix))
+    client = f"{args.client} client: " + ", ".join(f"{k} {v}" for k, v in client_versions.items())
+    print(markdown(runs, names, lambda kind: kind + suffix, metric=f"metric ({client})"))
     failures = {kind: problems(r) for kind, r in runs.items()}
     for kind, found in failures.items():
         for line in found:

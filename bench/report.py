@@ -139,16 +139,20 @@ def _cell(results: dict[str, Any] | None, path: str) -> tuple[str, float | None]
 
 
 def markdown(
-    runs: dict[str, dict[str, Any]], names: dict[str, str], label: Callable[[str], str] = str
+    runs: dict[str, dict[str, Any]],
+    names: dict[str, str],
+    label: Callable[[str], str] = str,
+    metric: str = "metric",
 ) -> str:
     """The side-by-side table; the ratio is ours/baseline whichever way is better.
 
     ``names`` fills the row titles ({subs}, {large}, {rate}) from the plan, so a
-    --quick table cannot be mistaken for the full one.
+    --quick table cannot be mistaken for the full one. ``metric`` heads the first
+    column (the driver names the subscriber client there).
     """
     ours, base = runs.get("ours"), runs.get("baseline")
     lines = [
-        f"| metric | {label('ours')} | {label('baseline')} | ours/baseline | better |",
+        f"| {metric} | {label('ours')} | {label('baseline')} | ours/baseline | better |",
         "|---|---:|---:|---:|---|",
     ]
     for title, path, better in ROWS:

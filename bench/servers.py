@@ -3,7 +3,8 @@
 Why pinning: on a 2-core machine the server and the client would otherwise fight
 for the same core and every number would measure the scheduler. The server runs
 under ``taskset -c 0`` (cores ``0..W-1`` with ``--workers W``); the driver and
-its shards pin themselves to the last core. Processes are stopped by PID only.
+the Python shards pin themselves to the last core, Node shards run under
+``taskset -c`` on it. Processes are stopped by PID only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -30,6 +32,8 @@ from streams.acl import Role
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+NODE_DIR = BENCH / "node"
+NODE_SHARD = NODE_DIR / "shard.mjs"
 SECRET = "bench-fanout-secret-" + "s" * 40  # a throwaway HS256 key, loopback only
 TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
 
@@ -57,6 +61,40 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def raise_nofile(needed: int) -> None:
+    """Raise this process's soft file limit to ``needed`` (within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        limit = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def node_client() -> tuple[dict[str, str] | None, str]:
+    """The Node shard's versions if it can run here, else None and the reason why not."""
+    node = shutil.which("node")
+    if node is None:
+        return None, "`node` is not on PATH"
+    try:
+        version = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"`node --version` failed: {exc!r}"
+    if int(version.lstrip("v").split(".")[0] or 0) < 20:
+        return None, f"node {version} is older than 20 (graphql-ws needs >= 20)"
+    versions = {"node": version}
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    for name in wanted:
+        manifest = NODE_DIR / "node_modules" / name / "package.json"
+        if not manifest.exists():
+            return None, (
+                f"bench/node/node_modules has no {name}: run `npm ci --prefix bench/node` "
+                "(make bench does it when npm is installed)"
+            )
+        versions[name] = json.loads(manifest.read_text())["version"]
+    return versions, ""
 
 
 @dataclass
@@ -201,7 +239,7 @@ class Sampler:
 
 
 class ShardProcess:
-    """A bench/subscribers.py child; ``progress`` is its latest progress line."""
+    """A subscriber shard child process; ``progress`` is its latest progress line."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -211,13 +249,25 @@ class ShardProcess:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, url: str, tok: str, channel: str, count: int, cpu: int) -> ShardProcess:
+    async def start(
+        cls, url: str, tok: str, channel: str, count: int, cpu: int, client: str = "python"
+    ) -> ShardProcess:
+        """Start a shard: ``python`` (subscribers.py) or ``node`` (node/shard.mjs).
+
+        Both take the same arguments and speak the same JSON lines. The Python shard
+        pins itself and raises its own file limit; Node can do neither, so it runs
+        under ``taskset`` and inherits the limit raised here (children inherit it).
+        """
+        shard_args = ["--url", url, "--token", tok, "--channel", channel,
+                      "--count", str(count), "--cpu", str(cpu)]  # fmt: skip
+        if client == "node":
+            raise_nofile(count + 256)
+            cmd = ["taskset", "-c", str(cpu), "node", str(NODE_SHARD), *shard_args]
+        else:
+            cmd = [sys.executable, str(BENCH / "subscribers.py"), *shard_args]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCH / "subscribers.py"), "--url", url, "--token", tok,
-            "--channel", channel, "--count", str(count), "--cpu", str(cpu),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=2**26,
-        )  # fmt: skip
+            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**26
+        )
         return cls(proc)
 
     async def _read(self) -> None:
