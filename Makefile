@@ -27,9 +27,19 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-# The fan-out benchmark's smoke run (bench/README.md has the full run): ~30 s,
+# The benchmark's Node subscriber client (graphql-ws), reinstalled only when the
+# lock file changes. Without npm, or if npm ci fails, bench/fanout.py falls back
+# to the Python client and says why.
+NPM := $(shell command -v npm 2>/dev/null)
+NODE_DEPS := bench/node/node_modules/.installed
+
+$(NODE_DEPS): bench/node/package.json bench/node/package-lock.json
+	@if $(NPM) ci --prefix bench/node --no-audit --no-fund; then touch $@; \
+	else echo "npm ci failed: the benchmark will use the Python client" >&2; fi
+
+# The fan-out benchmark's smoke run (bench/README.md has the full run): ~35 s,
 # fails only on lost, duplicated or reordered messages, never on timing.
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench $(if $(NPM),$(NODE_DEPS))
 	$(BIN)/python bench/fanout.py --quick $(BENCH_ARGS)
 
 run: install
