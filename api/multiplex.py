@@ -56,9 +56,10 @@ class Outbox:
         self._raw = RawSocket.of(websocket)
         self._limit = limit
         self._on_overflow = on_overflow
-        self._frames: deque[bytes] = deque()
-        self._room = asyncio.Event()  # set while the queue is at most half full
-        self._room.set()
+        # Created on first use and dropped when drained: an idle connection should
+        # not carry a queue and an event (~1.5 KB with their deques) it rarely needs.
+        self._frames: deque[bytes] | None = None
+        self._room: asyncio.Event | None = None  # for replay, waiting for the queue
         self._task: asyncio.Task[None] | None = None
         self.overflowed = False
 
@@ -70,22 +71,32 @@ class Outbox:
     def push(self, frame: bytes) -> None:
         if self.overflowed:
             return
-        raw = self._raw
-        if not self._frames and raw is not None and raw.writable():
+        frames, raw = self._frames, self._raw
+        if not frames and raw is not None and raw.writable():
             raw.write(frame)
             return
-        if len(self._frames) >= self._limit:
+        if frames is None:
+            frames = self._frames = deque()
+        if len(frames) >= self._limit:
             self.overflow()
             return
-        self._frames.append(frame)
-        if len(self._frames) > self._limit // 2:
-            self._room.clear()
+        frames.append(frame)
         if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="ws-outbox")
+            self._task = asyncio.create_task(self._drain(frames), name="ws-outbox")
+
+    def _has_room(self) -> bool:
+        return self._frames is None or len(self._frames) <= self._limit // 2
+
+    def _wake_paced(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     async def push_paced(self, frame: bytes) -> None:
         """Push without overflowing: history replay waits for the socket instead."""
-        while not self._room.is_set() and not self.overflowed:
+        while not self._has_room() and not self.overflowed:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
             await self._room.wait()
         self.push(frame)
 
@@ -93,39 +104,35 @@ class Outbox:
         """Stop queueing for good and have the owner disconnect the peer."""
         if not self.overflowed:
             self.overflowed = True
-            self._frames.clear()
-            self._room.set()
+            self._frames = None
+            self._wake_paced()
             self._on_overflow()
 
-    async def _drain(self) -> None:
-        frames, raw = self._frames, self._raw
+    async def _drain(self, frames: deque[bytes]) -> None:
+        raw = self._raw
         try:
             while frames:
                 if raw is not None:
                     await raw.wait_writable()
                     if not raw.open:
-                        frames.clear()  # the peer is gone or closing; nothing to deliver
-                        break
+                        break  # the peer is gone or closing; nothing left to deliver
                     while frames and raw.writable():
                         raw.write(frames.popleft())
                 else:
                     await self._websocket.send_text(frame_text(frames.popleft()))
-                if len(frames) <= self._limit // 2:
-                    self._room.set()
+                if self._has_room():
+                    self._wake_paced()
         except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # the socket closed under us
             log.debug("ws.outbox_stopped", error=repr(exc))
-            frames.clear()
         finally:
-            self._room.set()
+            frames.clear()
+            if self._frames is frames:
+                self._frames = None
             self._task = None
+            self._wake_paced()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
 
 class Frames:
@@ -267,12 +274,7 @@ class Multiplexer:
                 return
             del self._groups[key]
             self._metrics.mux_groups.set(len(self._groups))
-        if group.task is not None:
-            group.task.cancel()
-            try:
-                await group.task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(group.task)
 
     async def _pump(self, group: Group) -> None:
         plan = group.plan
@@ -352,6 +354,15 @@ class Multiplexer:
         pending, member.pending = member.pending or [], None
         for item, frames in pending:
             member.offer(item, frames)
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 def complete_frame(op_id: str) -> bytes:

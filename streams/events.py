@@ -35,6 +35,9 @@ log = structlog.get_logger(__name__)
 ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 EVENT_TYPE = r"^[a-z][A-Za-z0-9_.-]{0,63}$"
 MAX_EVENT_BYTES = 16_384
+# json.dumps with non-default arguments builds an encoder per call; every event
+# built in the server (several per connection) goes through this check.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 MAX_DATA_BYTES = 8_192
 
 
@@ -67,7 +70,7 @@ class Event(BaseModel):
     @field_validator("data")
     @classmethod
     def _small_data(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(value, separators=(",", ":"))) > MAX_DATA_BYTES:
+        if len(_COMPACT.encode(value)) > MAX_DATA_BYTES:
             raise ValueError(f"data is larger than {MAX_DATA_BYTES} bytes as JSON")
         return value
 
