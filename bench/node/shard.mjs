@@ -277,10 +277,9 @@ function progress() {
 
 async function closeAll() {
   // Close every socket and wait for its close event, CLOSE_WAIT_MS at most.
-  const pending = subs.filter((s) => s.closedEvent === null).length;
   await Promise.all(clients.map((c) => c.dispose().catch(() => {})));
   const deadline = Date.now() + CLOSE_WAIT_MS;
-  while (pending && Date.now() < deadline && subs.some((s) => s.closedEvent === null)) {
+  while (Date.now() < deadline && subs.some((s) => s.closedEvent === null)) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
