@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 from api.auth import TokenService
 from api.connections import Connections
 from api.graphql import GraphQLView
+from api.http_fast import FastHTTP
 from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     view.planner = Planner(
         schema._schema, max_tokens=settings.max_query_tokens, limit_rules=limit_rules(settings)
     )
+    view.metrics = metrics
+    if settings.http_fast_path:
+        view.fast = FastHTTP(view, schema, view.planner, should_mask, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

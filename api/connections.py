@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Coroutine
 from contextlib import suppress
 from types import FrameType
@@ -89,8 +90,13 @@ class Connections:
         1001 first and only then calling uvicorn's handler (which stops accepting
         and lets in-flight requests such as mutations finish), clients get the code
         the design promises. Installed from the lifespan, so it works in every
-        ``--workers`` process.
+        ``--workers`` process. Python only lets the main thread install handlers: an
+        app run elsewhere (a test client's thread, an embedding server) skips this
+        and relies on its host's shutdown.
         """
+        if threading.current_thread() is not threading.main_thread():
+            log.info("server.no_drain_signals", reason="not the main thread")
+            return
         loop = asyncio.get_running_loop()
         for sig in signals:
             previous = signal.getsignal(sig)

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -26,6 +27,8 @@ from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
 from api.connections import FORBIDDEN, GOING_AWAY
+from api.http_fast import FastHTTP
+from api.metrics import Metrics
 from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
 from db import repo
@@ -99,6 +102,18 @@ class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
     planner: Planner  # set by create_app; decides which subscriptions are multiplexed
+    fast: FastHTTP | None = None  # set by create_app unless EDUMATRIX_HTTP_FAST_PATH=false
+    metrics: Metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if self.fast is not None and scope["method"] == "POST":
+                replay = await self.fast(scope, receive, send)
+                if replay is None:
+                    return
+                receive = replay
+            self.metrics.http_operations.labels(path="strawberry").inc()
+        await super().__call__(scope, receive, send)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.state.services

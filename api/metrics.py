@@ -47,6 +47,12 @@ class Metrics:
             ["write"],
             registry=r,
         )
+        self.http_operations = Counter(
+            "edumatrix_http_operations_total",
+            "GraphQL HTTP requests, by who executed them (fast: api/http_fast.py)",
+            ["path"],
+            registry=r,
+        )
         self.slow_subscribers = Counter(
             "edumatrix_slow_subscribers_dropped_total",
             "Subscribers disconnected for falling too far behind",

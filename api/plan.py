@@ -1,4 +1,5 @@
-"""Decide whether a subscribe message can take the multiplexed path, and how to key it.
+"""Decide whether a subscribe message can take the multiplexed path, and how to key it;
+also which HTTP operations may skip Strawberry's view (``api.http_fast``).
 
 A plan is made only for a valid document (same parser token limit, depth and alias
 limits as the schema's extensions) whose operation is a subscription with exactly
@@ -20,6 +21,7 @@ from graphql import (
     FragmentDefinitionNode,
     GraphQLError,
     GraphQLSchema,
+    OperationDefinitionNode,
     OperationType,
     Visitor,
     get_operation_ast,
@@ -53,6 +55,16 @@ class Plan:
     def group_key(self, context: Context) -> tuple[Any, ...]:
         viewer = context.viewer.user_id if self.per_viewer and context.viewer else None
         return (self.channel, self.query, self.operation_name, self.variables_key, viewer)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    query: str
+    document: DocumentNode
+    operation: OperationDefinitionNode
+    operation_name: str | None
+    variables: dict[str, Any]
+    extensions: dict[str, Any] | None
 
 
 class _Collect(Visitor):
@@ -90,7 +102,8 @@ class Planner:
             return None
         return None if validate(self._schema, document, self._rules) else document
 
-    def plan(self, payload: object) -> Plan | None:
+    def _request(self, payload: object) -> Request | None:
+        """The valid document a GraphQL request payload names, with its operation."""
         if not isinstance(payload, dict):
             return None
         query, operation_name = payload.get("query"), payload.get("operationName")
@@ -99,12 +112,30 @@ class Planner:
             return None
         if operation_name is not None and not isinstance(operation_name, str):
             return None
+        extensions = payload.get("extensions")
+        if extensions is not None and not isinstance(extensions, dict):
+            return None
         document = self._checked(query)
         if document is None:
             return None
         operation = get_operation_ast(document, operation_name)
-        if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
+        if operation is None:
             return None
+        return Request(query, document, operation, operation_name, raw_variables, extensions)
+
+    def operation(self, payload: object) -> Request | None:
+        """A query or mutation that may skip Strawberry's HTTP view (``api.http_fast``)."""
+        request = self._request(payload)
+        if request is None or request.operation.operation is OperationType.SUBSCRIPTION:
+            return None
+        return request
+
+    def plan(self, payload: object) -> Plan | None:
+        request = self._request(payload)
+        if request is None or request.operation.operation is not OperationType.SUBSCRIPTION:
+            return None
+        query, document, operation = request.query, request.document, request.operation
+        operation_name, raw_variables = request.operation_name, request.variables
         selections = operation.selection_set.selections
         root = selections[0] if len(selections) == 1 else None
         if not isinstance(root, FieldNode) or root.name.value != "channel" or root.directives:

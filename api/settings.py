@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         default=False,
         description="permessage-deflate on WebSockets: compresses every frame per subscriber",
     )
+    http_fast_path: bool = Field(
+        default=True,
+        description="execute cached queries and mutations without Strawberry's HTTP view",
+    )
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
     max_query_depth: int = Field(default=10, ge=2)

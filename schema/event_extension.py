@@ -6,9 +6,9 @@ it here would fire once per delivered message.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
@@ -22,30 +22,49 @@ class EmitEvents(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         yield
         execution = self.execution_context
-        context = execution.context
-        if not isinstance(context, Context) or context.viewer is None:
-            return
-        if execution.operation_type is OperationType.SUBSCRIPTION:
-            return
-        errors = execution.result.errors if execution.result else None
-        codes = sorted({str((e.extensions or {}).get("code", "INTERNAL")) for e in errors or []})
-        if execution.operation_type is OperationType.MUTATION:
-            outcome = "error" if errors else "ok"
-            for name in self._fields(execution.graphql_document, execution.operation_name):
-                if name not in NOT_EMITTED:
-                    data = {"outcome": outcome, "codes": codes}
-                    emit(context.services, context.viewer, f"mutation.{name}", data)
-        for code in codes:
-            data = {"operation": execution.operation_name or ""}
-            emit(context.services, context.viewer, f"error.{code.lower()}", data)
+        result = execution.result
+        emit_operation_events(
+            execution.context,
+            execution.operation_type,
+            execution.graphql_document,
+            execution.operation_name,
+            getattr(result, "errors", None),
+        )
 
-    @staticmethod
-    def _fields(document: object, operation_name: str | None) -> list[str]:
-        definitions = getattr(document, "definitions", [])
-        for node in definitions:
-            if not isinstance(node, OperationDefinitionNode):
-                continue
-            if operation_name and (node.name is None or node.name.value != operation_name):
-                continue
-            return [s.name.value for s in node.selection_set.selections if isinstance(s, FieldNode)]
-        return []
+
+def emit_operation_events(
+    context: object,
+    operation_type: OperationType,
+    document: object,
+    operation_name: str | None,
+    errors: Sequence[GraphQLError] | None,
+) -> None:
+    """The events of one executed query or mutation, from its errors before masking.
+
+    Shared by the extension (Strawberry's path) and ``api.http_fast``.
+    """
+    if not isinstance(context, Context) or context.viewer is None:
+        return
+    if operation_type is OperationType.SUBSCRIPTION:
+        return
+    codes = sorted({str((e.extensions or {}).get("code", "INTERNAL")) for e in errors or []})
+    if operation_type is OperationType.MUTATION:
+        outcome = "error" if errors else "ok"
+        for name in _fields(document, operation_name):
+            if name not in NOT_EMITTED:
+                data = {"outcome": outcome, "codes": codes}
+                emit(context.services, context.viewer, f"mutation.{name}", data)
+    for code in codes:
+        data = {"operation": operation_name or ""}
+        emit(context.services, context.viewer, f"error.{code.lower()}", data)
+
+
+def _fields(document: object, operation_name: str | None) -> list[str]:
+    definitions = getattr(document, "definitions", [])
+    for node in definitions:
+        if not isinstance(node, OperationDefinitionNode):
+            continue
+        if operation_name and (node.name is None or node.name.value != operation_name):
+            continue
+        return [s.name.value for s in node.selection_set.selections if isinstance(s, FieldNode)]
+    return []

@@ -1,0 +1,141 @@
+"""Queries and mutations over HTTP POST without Strawberry's per-request machinery.
+
+Why: a publish spent about half of the server's CPU in Strawberry's HTTP view
+around the resolver: request adapters, an extensions runner with a context manager
+per hook per request, a middleware manager, result conversions. The work that
+matters is small: find the (cached) validated document, execute it, log and mask
+errors, emit events, encode. That is what this does, with the same pieces:
+
+- the document comes from :class:`api.plan.Planner`, which parses and validates
+  with the same token limit and rules as the schema's extensions, cached;
+- execution is graphql-core's ``execute`` with Strawberry's execution context
+  class, as Strawberry calls it;
+- errors are logged by the schema's ``process_errors`` (Strawberry's logger),
+  events are emitted by the function the ``EmitEvents`` extension uses, and errors
+  are masked with the ``MaskErrors`` extension's own predicate and message;
+- the response body is encoded like Strawberry's view encodes it.
+
+Anything else is left to Strawberry, with the body replayed: GET, other content
+types, batches, documents that fail to parse or validate, an unknown operation
+name, subscriptions (SSE and multipart). ``tests/integration/test_http_fast.py``
+sends the same requests to a server with and without this path and requires the
+same status and body. ``EDUMATRIX_HTTP_FAST_PATH=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from graphql import GraphQLError, OperationType, execute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+from strawberry.execution import optimized_is_awaitable
+from strawberry.extensions import MaskErrors
+from strawberry.schema import Schema
+from strawberry.schema._graphql_core import execution_context_class_kwargs
+from strawberry.types.graphql import OperationType as StrawberryOperationType
+
+from api.metrics import Metrics
+from api.plan import Planner
+from schema.event_extension import emit_operation_events
+
+if TYPE_CHECKING:
+    from api.graphql import GraphQLView
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # what Strawberry's encode_json does
+_OPERATION_TYPES = {
+    OperationType.QUERY: StrawberryOperationType.QUERY,
+    OperationType.MUTATION: StrawberryOperationType.MUTATION,
+}
+
+
+class FastHTTP:
+    def __init__(
+        self,
+        view: GraphQLView,
+        schema: Schema,
+        planner: Planner,
+        should_mask: Callable[[GraphQLError], bool],
+        metrics: Metrics,
+    ) -> None:
+        self._view = view
+        self._schema = schema
+        self._planner = planner
+        self._mask = MaskErrors(should_mask_error=should_mask)
+        self._executor = execution_context_class_kwargs(schema.execution_context_class)
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Answer the request, or return a ``receive`` that replays it for Strawberry."""
+        if not _is_json(scope):
+            return receive
+        request = Request(scope, receive)
+        body = await request.body()
+        replay = _replay(body, receive)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return replay
+        prepared = self._planner.operation(payload)
+        if prepared is None:
+            return replay
+        context = await self._view.get_context(request, response=None)
+        result = execute(
+            self._schema._schema,
+            prepared.document,
+            root_value=None,
+            context_value=context,
+            variable_values=prepared.variables,
+            operation_name=prepared.operation_name,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+            operation_extensions=prepared.extensions,
+            **self._executor,
+        )
+        if optimized_is_awaitable(result):
+            result = await result  # type: ignore[misc]
+        errors = list(result.errors or ())  # type: ignore[union-attr]
+        if errors:
+            self._schema.process_errors(errors)
+        emit_operation_events(
+            context,
+            _OPERATION_TYPES[prepared.operation.operation],
+            prepared.document,
+            prepared.operation_name,
+            errors,
+        )
+        response: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+        if errors:
+            mask = self._mask
+            response["errors"] = [
+                (mask.anonymise_error(e) if mask.should_mask_error(e) else e).formatted
+                for e in errors
+            ]
+        self._metrics.http_operations.labels(path="fast").inc()
+        await Response(_COMPACT.encode(response), media_type="application/json")(
+            scope, receive, send
+        )
+        return None
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
+    return False
+
+
+def _replay(body: bytes, original: Receive) -> Receive:
+    """The body once more, then whatever the server says next (a disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await original()
+
+    return receive

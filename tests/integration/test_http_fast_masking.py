@@ -1,0 +1,68 @@
+"""Unexpected exceptions are masked the same way on both HTTP paths.
+
+No public input makes a resolver fail unexpectedly, so this test builds the app
+in-process with one resolver replaced by one that raises, and runs it (lifespan
+included) with Starlette's test client against a migrated SQLite database.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import strawberry
+from pydantic import SecretStr
+
+import resolvers.institutions
+from api.app import create_app
+from api.settings import Settings
+from db.migrate import upgrade
+from schema.context import Context
+from schema.directory import Me
+from tests.server import SECRET, token
+
+with warnings.catch_warnings():  # it works with httpx; it only prefers a newer package
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+async def boom(info: strawberry.Info[Context]) -> Me:
+    raise RuntimeError("connection string with a password in it")
+
+
+def ask(tmp_path: Path, fast: bool) -> tuple[int, Any]:
+    settings = Settings(
+        data_dir=tmp_path / ("fast" if fast else "plain"),
+        jwt_secret=SecretStr(SECRET),
+        http_fast_path=fast,
+    )
+    upgrade(settings.resolved_database_url)
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/graphql",
+            json={"query": "query Who { me { id } }"},
+            headers={"Authorization": f"Bearer {token('nw-ada')}"},
+        )
+        metrics = client.get("/metrics").text
+    assert ('edumatrix_http_operations_total{path="fast"} 1.0' in metrics) is fast
+    return response.status_code, response.json()
+
+
+def test_unexpected_errors_are_masked_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resolvers.institutions, "me", boom)
+    fast, plain = ask(tmp_path, fast=True), ask(tmp_path, fast=False)
+    assert fast == plain
+    assert fast == (
+        200,
+        {
+            "data": None,
+            "errors": [
+                {"message": "Unexpected error.", "locations": [{"line": 1, "column": 13}],
+                 "path": ["me"]}
+            ],
+        },
+    )  # fmt: skip
