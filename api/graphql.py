@@ -9,6 +9,7 @@ otherwise use 1011), and a connection is closed with 4403 when its token expires
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,14 +107,20 @@ class GraphQLView(GraphQL[Context, None]):
     metrics: Metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
             if self.fast is not None and scope["method"] == "POST":
                 replay = await self.fast(scope, receive, send)
                 if replay is None:
                     return
                 receive = replay
             self.metrics.http_operations.labels(path="strawberry").inc()
-        await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send)
+        finally:
+            self.metrics.http_duration.observe(time.perf_counter() - started)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.state.services

@@ -53,6 +53,12 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.http_duration = Histogram(
+            "edumatrix_http_request_duration_seconds",
+            "GraphQL HTTP requests, from the first byte of the body read to the response sent",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.slow_subscribers = Counter(
             "edumatrix_slow_subscribers_dropped_total",
             "Subscribers disconnected for falling too far behind",

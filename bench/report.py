@@ -102,6 +102,21 @@ ROWS: list[Row] = [
     ("{subs} subs × {rate}: latency p90 ms", "rate_small.latency_ms.p90", "lower"),
     ("{subs} subs × {rate}: latency p99 ms", "rate_small.latency_ms.p99", "lower"),
     ("{subs} subs × {rate}: latency max ms", "rate_small.latency_ms.max", "lower"),
+    (
+        "{subs} subs × {rate}: publish request p99 ms, client-timed",
+        "rate_small.publish_request_p99_ms",
+        "lower",
+    ),
+    (
+        "{subs} subs × {rate}: publish request p99 ms, server-timed (≤)",
+        "rate_small.server_timed.http_p99_ms",
+        "lower",
+    ),
+    (
+        "{subs} subs × {rate}: publish → written to sockets p99 ms, server-timed (≤)",
+        "rate_small.server_timed.handoff_p99_ms",
+        "lower",
+    ),
     ("{subs} subs × {rate}: delivered msg/s", "rate_small.delivered_per_s", "higher"),
     ("{subs} subs × {rate}: server CPU %", "rate_small.cpu_percent", "lower"),
     ("{subs} subs × {rate}: lost / duplicated", "rate_small.lost|rate_small.duplicated", "lower"),
@@ -114,6 +129,11 @@ ROWS: list[Row] = [
     ("{large} subs × {rate}: latency p50 ms", "rate_large.latency_ms.p50", "lower"),
     ("{large} subs × {rate}: latency p99 ms", "rate_large.latency_ms.p99", "lower"),
     ("{large} subs × {rate}: latency max ms", "rate_large.latency_ms.max", "lower"),
+    (
+        "{large} subs × {rate}: publish → written to sockets p99 ms, server-timed (≤)",
+        "rate_large.server_timed.handoff_p99_ms",
+        "lower",
+    ),
     ("{large} subs × {rate}: delivered msg/s", "rate_large.delivered_per_s", "higher"),
     ("{large} subs × {rate}: drain after last publish s", "rate_large.drain_s", "lower"),
     ("{large} subs × {rate}: server CPU %", "rate_large.cpu_percent", "lower"),

@@ -19,7 +19,14 @@ from typing import Any
 import psutil
 from publisher import Publisher, PublishStats
 from report import merge_reports
-from servers import Sampler, Server, ShardProcess, token
+from servers import (
+    Sampler,
+    Server,
+    ShardProcess,
+    histogram_p99_ms,
+    scrape_histograms,
+    token,
+)
 
 CHANNEL = "institution:northwood:classroom:nw-math-101"
 PUBLISHER_USER = "nw-ada"  # teacher of nw-math-101: may publish there
@@ -134,16 +141,19 @@ class ServerRun:
             await shard.send({"cmd": "phase", "name": name})
         await asyncio.gather(*(s.expect("phase", 30) for s in self.shards))
         client = ClientCpu(self.shards)
+        before = await asyncio.to_thread(scrape_histograms, self.server.port)
         self.sampler.start()
         stats: PublishStats = await publish()
         drained = await self.drain(stats, connected)
         usage = self.sampler.stop()
+        after = await asyncio.to_thread(scrape_histograms, self.server.port)
         client_cpu = client.percent()
         for shard in self.shards:
             await shard.send({"cmd": "report", "acked": stats.acked})
         reports = await asyncio.gather(*(s.expect("report", 120) for s in self.shards))
         result = merge_reports(reports, stats)
         result.update(usage, client_cpu_percent=client_cpu, drain_s=drained, quiesce_s=quiet_s)
+        result["server_timed"] = histogram_p99_ms(before, after)
         result["offered_per_s"] = round(len(stats.acked) / (stats.ended - stats.started), 1)
         return result
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,48 @@ class ShardProcess:
                 self.proc.kill()
                 await self.proc.wait()
         self._reader.cancel()
+
+
+HISTOGRAMS = {
+    "http_p99_ms": "edumatrix_http_request_duration_seconds",
+    "handoff_p99_ms": "edumatrix_delivery_latency_seconds",
+}
+
+
+def scrape_histograms(port: int) -> dict[str, dict[float, float]]:
+    """Our server's latency histograms (cumulative bucket counts); {} for the baseline.
+
+    Why: latencies timed by the client include the client core's own scheduling
+    (publisher, shards and driver share it); these are timed inside the server.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, dict[float, float]] = {}
+    for key, metric in HISTOGRAMS.items():
+        prefix = metric + '_bucket{le="'
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                le = line[len(prefix) :].split('"', 1)[0]
+                found.setdefault(key, {})[float(le)] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def histogram_p99_ms(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, float | None]:
+    """Upper bound (bucket edge) of the p99 of what was observed between two scrapes."""
+    result: dict[str, float | None] = {}
+    for key in HISTOGRAMS:
+        b, a = before.get(key, {}), after.get(key, {})
+        total = a.get(float("inf"), 0.0) - b.get(float("inf"), 0.0)
+        result[key] = None
+        if total <= 0:
+            continue
+        for le in sorted(a):
+            if (a[le] - b.get(le, 0.0)) / total >= 0.99:
+                result[key] = None if le == float("inf") else round(le * 1000, 1)
+                break
+    return result
