@@ -25,7 +25,6 @@ from starlette.websockets import WebSocket
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    from websockets.protocol import State
 except ImportError:  # pragma: no cover - an older uvicorn: every write takes the ASGI path
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
@@ -86,17 +85,17 @@ class RawSocket:
 
     @property
     def open(self) -> bool:
+        # Every way uvicorn leaves the OPEN state (our close, the peer's close frame,
+        # a protocol error, a lost connection) sets close_sent or closes the
+        # transport, so these two reads stand for the websockets state machine's
+        # state, which is a property call: this runs once per frame.
         p = self._protocol
-        return (
-            not p.close_sent
-            and not p.disconnected
-            and p.conn.state is State.OPEN
-            and not p.transport.is_closing()
-        )
+        return not p.close_sent and not p.transport.is_closing()
 
     def writable(self) -> bool:
         """True when a write now would neither be refused nor add to back-pressure."""
-        return bool(self._protocol.writable.is_set()) and self.open
+        p = self._protocol
+        return bool(p.writable.is_set()) and not p.close_sent and not p.transport.is_closing()
 
     def write(self, frame: bytes) -> None:
         self._protocol.transport.write(frame)
