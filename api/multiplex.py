@@ -104,6 +104,8 @@ class Outbox:
         """Stop queueing for good and have the owner disconnect the peer."""
         if not self.overflowed:
             self.overflowed = True
+            if self._frames is not None:
+                self._frames.clear()  # the drain task holds this deque too
             self._frames = None
             self._wake_paced()
             self._on_overflow()
