@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -127,6 +128,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ),
             presence=presence,
         )
+        # Everything built so far (schema, SQLAlchemy metadata, imported modules)
+        # lives as long as the process; the cyclic GC's full collections walked all
+        # of it and paused the loop for 100-200 ms at 1,000 connections. Frozen
+        # objects are skipped by every collection.
+        gc.collect()
+        gc.freeze()
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:
             yield {"services": services}
