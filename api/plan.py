@@ -94,6 +94,7 @@ class Planner:
         self._rules = [*specified_rules, *limit_rules]
         self._max_tokens = max_tokens
         self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
+        self._shaped = lru_cache(maxsize=1024)(self._shape)
 
     def _parse_and_validate(self, query: str) -> DocumentNode | None:
         try:
@@ -134,34 +135,49 @@ class Planner:
         request = self._request(payload)
         if request is None or request.operation.operation is not OperationType.SUBSCRIPTION:
             return None
-        query, document, operation = request.query, request.document, request.operation
-        operation_name, raw_variables = request.operation_name, request.variables
-        selections = operation.selection_set.selections
-        root = selections[0] if len(selections) == 1 else None
-        if not isinstance(root, FieldNode) or root.name.value != "channel" or root.directives:
+        shape = self._shaped(request.query, request.operation_name)
+        if shape is None:
             return None
+        root, used_names, per_viewer = shape
+        operation = request.operation
         coerced = get_variable_values(
-            self._schema, operation.variable_definitions or (), raw_variables
+            self._schema, operation.variable_definitions or (), request.variables
         )
         if isinstance(coerced, list):
             return None
         subscription = self._schema.subscription_type
         assert subscription is not None
         args = get_argument_values(subscription.fields["channel"], root, coerced)
+        used = {k: coerced.coerced.get(k) for k in used_names}
+        return Plan(
+            name=args["name"],
+            since=args.get("since"),
+            document=request.document,
+            query=request.query,
+            operation_name=request.operation_name,
+            variables=request.variables,
+            variables_key=json.dumps(used, sort_keys=True, default=str),
+            per_viewer=per_viewer,
+        )
+
+    def _shape(
+        self, query: str, operation_name: str | None
+    ) -> tuple[FieldNode, tuple[str, ...], bool] | None:
+        """What a subscription document means for grouping, once per document:
+        its ``channel`` root field, the variables its selection reads, and whether
+        it reads a viewer-dependent field (a tree walk that was per subscribe)."""
+        document = self._checked(query)
+        operation = get_operation_ast(document, operation_name) if document else None
+        if document is None or operation is None:
+            return None
+        selections = operation.selection_set.selections
+        root = selections[0] if len(selections) == 1 else None
+        if not isinstance(root, FieldNode) or root.name.value != "channel" or root.directives:
+            return None
         inner = _Collect()
         if root.selection_set is not None:
             visit(root.selection_set, inner)
         for definition in document.definitions:
             if isinstance(definition, FragmentDefinitionNode):
                 visit(definition, inner)
-        used = {k: coerced.coerced.get(k) for k in sorted(inner.variables)}
-        return Plan(
-            name=args["name"],
-            since=args.get("since"),
-            document=document,
-            query=query,
-            operation_name=operation_name,
-            variables=raw_variables,
-            variables_key=json.dumps(used, sort_keys=True, default=str),
-            per_viewer=bool(inner.fields & VIEWER_FIELDS),
-        )
+        return root, tuple(sorted(inner.variables)), bool(inner.fields & VIEWER_FIELDS)
