@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     view.metrics = metrics
     if settings.http_fast_path:
-        view.fast = FastHTTP(view, schema, view.planner, should_mask, metrics)
+        view.fast = FastHTTP(view, schema, view.planner, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -19,11 +19,13 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
@@ -34,6 +36,7 @@ from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
 from db import repo
 from resolvers.emit import emit, unverified_identity
+from schema import masked
 from schema.context import Context, Services
 
 log = structlog.get_logger(__name__)
@@ -121,6 +124,15 @@ class GraphQLView(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # MaskErrors runs after the operation; an exception outside any resolver
+        # skips it and Strawberry would answer with the exception's own message.
+        if result.errors:
+            result.errors = [masked(e) for e in result.errors]
+        return await super().process_result(request, result)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.state.services

@@ -12,7 +12,9 @@ errors, emit events, encode. That is what this does, with the same pieces:
   class, as Strawberry calls it;
 - errors are logged by the schema's ``process_errors`` (Strawberry's logger),
   events are emitted by the function the ``EmitEvents`` extension uses, and errors
-  are masked with the ``MaskErrors`` extension's own predicate and message;
+  are masked by :func:`schema.masked` (the ``MaskErrors`` predicate and message),
+  including an exception outside any resolver, which Strawberry's own path would
+  return unmasked (``GraphQLView.process_result`` masks those too);
 - the response body is encoded like Strawberry's view encodes it.
 
 Anything else is left to Strawberry, with the body replayed: GET, other content
@@ -25,7 +27,6 @@ same status and body. ``EDUMATRIX_HTTP_FAST_PATH=false`` turns it off.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError, OperationType, execute
@@ -33,13 +34,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.execution import optimized_is_awaitable
-from strawberry.extensions import MaskErrors
 from strawberry.schema import Schema
 from strawberry.schema._graphql_core import execution_context_class_kwargs
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from api.metrics import Metrics
 from api.plan import Planner
+from api.plan import Request as PlannedRequest
+from schema import masked
+from schema.context import Context
 from schema.event_extension import emit_operation_events
 
 if TYPE_CHECKING:
@@ -58,13 +61,11 @@ class FastHTTP:
         view: GraphQLView,
         schema: Schema,
         planner: Planner,
-        should_mask: Callable[[GraphQLError], bool],
         metrics: Metrics,
     ) -> None:
         self._view = view
         self._schema = schema
         self._planner = planner
-        self._mask = MaskErrors(should_mask_error=should_mask)
         self._executor = execution_context_class_kwargs(schema.execution_context_class)
         self._metrics = metrics
 
@@ -83,20 +84,7 @@ class FastHTTP:
         if prepared is None:
             return replay
         context = await self._view.get_context(request, response=None)
-        result = execute(
-            self._schema._schema,
-            prepared.document,
-            root_value=None,
-            context_value=context,
-            variable_values=prepared.variables,
-            operation_name=prepared.operation_name,
-            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
-            operation_extensions=prepared.extensions,
-            **self._executor,
-        )
-        if optimized_is_awaitable(result):
-            result = await result  # type: ignore[misc]
-        errors = list(result.errors or ())  # type: ignore[union-attr]
+        data, errors = await self._execute(prepared, context)
         if errors:
             self._schema.process_errors(errors)
         emit_operation_events(
@@ -106,18 +94,38 @@ class FastHTTP:
             prepared.operation_name,
             errors,
         )
-        response: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+        response: dict[str, Any] = {"data": data}
         if errors:
-            mask = self._mask
-            response["errors"] = [
-                (mask.anonymise_error(e) if mask.should_mask_error(e) else e).formatted
-                for e in errors
-            ]
+            response["errors"] = [masked(e).formatted for e in errors]
         self._metrics.http_operations.labels(path="fast").inc()
         await Response(_COMPACT.encode(response), media_type="application/json")(
             scope, receive, send
         )
         return None
+
+    async def _execute(
+        self, prepared: PlannedRequest, context: Context
+    ) -> tuple[dict[str, Any] | None, list[GraphQLError]]:
+        try:
+            result = execute(
+                self._schema._schema,
+                prepared.document,
+                root_value=None,
+                context_value=context,
+                variable_values=prepared.variables,
+                operation_name=prepared.operation_name,
+                is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+                operation_extensions=prepared.extensions,
+                **self._executor,
+            )
+            if optimized_is_awaitable(result):
+                result = await result  # type: ignore[misc]
+        except Exception as exc:  # as Strawberry does: an error in the body, masked
+            error = (
+                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            )
+            return None, [error]
+        return result.data, list(result.errors or ())  # type: ignore[union-attr]
 
 
 def _is_json(scope: Scope) -> bool:

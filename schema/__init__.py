@@ -48,6 +48,20 @@ def should_mask(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, ApiError | GraphQLError)
 
 
+def masked(error: GraphQLError) -> GraphQLError:
+    """What a client may see of ``error``: an unexpected exception becomes
+    "Unexpected error." at the same path and locations (as ``MaskErrors`` does)."""
+    if not should_mask(error):
+        return error
+    return GraphQLError(
+        "Unexpected error.",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+    )
+
+
 def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:
     """Depth and alias limits as validation rules; also used by ``api.plan``."""
     return [
