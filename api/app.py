@@ -30,7 +30,7 @@ from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
 from db.migrate import require_current
-from schema import build_schema, limit_rules, should_mask
+from schema import build_schema, limit_rules
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
@@ -123,7 +123,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 schema._schema,
                 bus,
                 metrics,
-                should_mask,
                 outbox_limit=settings.subscriber_queue_size,
             ),
             presence=presence,

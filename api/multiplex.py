@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from api.metrics import Metrics
 from api.plan import Plan
 from api.rawsocket import RawSocket, frame_text, text_frame
+from schema import masked
 from schema.announcements import ChannelEvent
 from schema.context import Context
 from schema.errors import ApiError
@@ -202,7 +203,6 @@ class Multiplexer:
         schema: GraphQLSchema,
         bus: Bus,
         metrics: Metrics,
-        should_mask: Callable[[GraphQLError], bool],
         *,
         outbox_limit: int,
     ) -> None:
@@ -210,7 +210,6 @@ class Multiplexer:
         self._schema = schema
         self._bus = bus
         self._metrics = metrics
-        self._should_mask = should_mask
         self._groups: dict[tuple[Any, ...], Group] = {}
         self._lock = asyncio.Lock()
 
@@ -236,10 +235,10 @@ class Multiplexer:
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _format(self, error: GraphQLError) -> dict[str, Any]:
-        if self._should_mask(error):
+        shown = masked(error)
+        if shown is not error:
             log.error("graphql.masked_error", error=repr(error.original_error))
-            return dict(GraphQLError("Unexpected error.", error.nodes, path=error.path).formatted)
-        return dict(error.formatted)
+        return dict(shown.formatted)
 
     async def join(
         self, plan: Plan, context: Context, member: Member, since: Position | None

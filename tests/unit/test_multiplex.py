@@ -11,7 +11,7 @@ from api.metrics import Metrics
 from api.multiplex import Member, Multiplexer, Outbox
 from api.plan import Planner
 from api.settings import Settings
-from schema import build_schema, limit_rules, should_mask
+from schema import build_schema, limit_rules
 from schema.context import Context
 from streams.bus import Bus
 
@@ -40,7 +40,7 @@ def setup() -> tuple[Bus, Multiplexer, Planner]:
     settings = Settings()
     schema = build_schema(settings)._schema
     bus = Bus.memory(history_size=10, history_ttl=60, queue_size=100)
-    mux = Multiplexer(schema, bus, Metrics(), should_mask, outbox_limit=100)
+    mux = Multiplexer(schema, bus, Metrics(), outbox_limit=100)
     planner = Planner(schema, max_tokens=2000, limit_rules=limit_rules(settings))
     return bus, mux, planner
 
