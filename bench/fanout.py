@@ -9,6 +9,8 @@ a shared machine. See bench/README.md for what each number means.
     python bench/fanout.py --quick            # smoke: small N, well under a minute
     python bench/fanout.py                    # the issue's scenarios, a few minutes
     python bench/fanout.py --server ours --workers 2 --redis-url redis://127.0.0.1:6379/0
+    python bench/fanout.py --server ours --redis-url redis://127.0.0.1:6379/0 \
+        --database-url postgresql://postgres@127.0.0.1:5432/postgres   # cluster mode
 
 Exit status 1 when any subscriber lost, duplicated or reordered a message, or was
 closed by the server during a measured phase: a correctness check, not a timing one.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -30,7 +33,10 @@ from typing import Any
 
 from report import markdown, problems
 from scenarios import Plan, ServerRun
-from servers import BENCH, Server, node_client
+from servers import BENCH, Server, node_client, postgres_admin_url, redact
+
+DATABASES = {"sqlite": "SQLite", "postgres": "Postgres"}
+BUSES = {"memory": "memory bus", "redis": "Redis"}
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -45,7 +51,25 @@ def build_plan(args: argparse.Namespace) -> Plan:
             setattr(plan, name, value)
     plan.client_cpu = (os.cpu_count() or 2) - 1
     plan.client = args.client
+    plan.database = "postgres" if args.database_url else "sqlite"
+    plan.bus = "redis" if args.redis_url else "memory"
     return plan
+
+
+def redact_arg(arg: str) -> str:
+    """A command-line argument with any URL password hidden (`--x=URL` or `URL`)."""
+    if arg.startswith("--") and "=" in arg:
+        name, value = arg.split("=", 1)
+        return f"{name}={redact(value)}"
+    return redact(arg) if "://" in arg else arg
+
+
+def server_label(kind: str, plan: Plan, workers: int) -> str:
+    """A table column header: ours names its database and bus (embedded or cluster mode)."""
+    if kind == "ours":
+        label = f"ours: {DATABASES[plan.database]} + {BUSES[plan.bus]}"
+        return label + (f", {workers} workers" if workers > 1 else "")
+    return kind + (f" ({workers} workers + Redis)" if workers > 1 else "")
 
 
 def choose_client(requested: str | None) -> tuple[str, dict[str, str]]:
@@ -86,9 +110,10 @@ def machine() -> dict[str, Any]:
 
 
 async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
-    server = Server(kind, workers=args.workers, redis_url=args.redis_url)
-    print(f"[bench] starting {kind} (taskset -c {server.cpus}, port {server.port})",
-          file=sys.stderr)  # fmt: skip
+    database_url = args.database_url if kind == "ours" else None  # the baseline has none
+    server = Server(kind, workers=args.workers, redis_url=args.redis_url, database_url=database_url)
+    print(f"[bench] starting {kind} (taskset -c {server.cpus}, port {server.port}, "
+          f"database {server.database}, {server.bus} bus)", file=sys.stderr)  # fmt: skip
     server.start()
     run = ServerRun(server, plan)
     try:
@@ -102,7 +127,13 @@ async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, 
         errors = server.log_errors()
         server.stop()
     results["server_log_errors"] = errors
-    results["server"] = {"kind": kind, "workers": args.workers, "redis": bool(args.redis_url)}
+    results["server"] = {
+        "kind": kind,
+        "workers": args.workers,
+        "redis": bool(args.redis_url),
+        "database": server.database,
+        "postgres_version": server.postgres_version,
+    }
     return results
 
 
@@ -112,6 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server", choices=["ours", "baseline", "both"], default="both")
     parser.add_argument("--workers", type=int, default=1, help="server processes (needs Redis)")
     parser.add_argument("--redis-url", default=None, help="shared bus for both servers")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="ours on PostgreSQL (cluster mode): a fresh database on this server per start, "
+        "dropped after; postgresql:// or postgresql+asyncpg://",
+    )
     parser.add_argument("--subs", type=int, help="subscribers of the 1k phases")
     parser.add_argument("--large-subs", type=int, help="subscribers of the 5k phase (0 = skip)")
     parser.add_argument("--rate", type=float, help="publishes/s of the rate phases")
@@ -130,6 +167,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers > 1 and not args.redis_url:
         parser.error("--workers > 1 needs --redis-url (both servers need a shared bus)")
+    if args.database_url:
+        if args.server == "baseline":
+            parser.error("--database-url is for our server; the baseline has no database")
+        try:
+            postgres_admin_url(args.database_url)
+        except ValueError as exc:
+            parser.error(f"--database-url: {exc}")
     return args
 
 
@@ -147,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python bench/fanout.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python bench/fanout.py " + " ".join(redact_arg(a) for a in given)
     document = {
         "started": started.isoformat(timespec="seconds"),
         "command": command.strip(),
@@ -158,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(document, indent=2) + "\n")
 
-    suffix = f" ({args.workers} workers + Redis)" if args.workers > 1 else ""
     print(f"\n{started:%Y-%m-%d %H:%M} UTC · {command.strip()} · {machine()['cpu']}, "
           f"nproc {os.cpu_count()} · rate {plan.rate:g}/s · results in {out}\n")  # fmt: skip
     names = {"subs": f"{plan.subs:,}", "large": f"{plan.large_subs:,}", "rate": f"{plan.rate:g}/s"}
     client = f"{args.client} client: " + ", ".join(f"{k} {v}" for k, v in client_versions.items())
-    print(markdown(runs, names, lambda kind: kind + suffix, metric=f"metric ({client})"))
+    label = functools.partial(server_label, plan=plan, workers=args.workers)
+    print(markdown(runs, names, label, metric=f"metric ({client})"))
     failures = {kind: problems(r) for kind, r in runs.items()}
     for kind, found in failures.items():
         for line in found:

@@ -48,6 +48,8 @@ class Plan:
     drain_s: float = 20.0
     client_cpu: int = 1
     client: str = "python"  # subscriber shards: "node" (graphql-ws) or "python" (websockets)
+    database: str = "sqlite"  # ours: "sqlite" (embedded) or "postgres"; the baseline has none
+    bus: str = "memory"  # both servers: "memory" or "redis"
 
 
 class ClientCpu:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -20,11 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
 from api.auth import TokenService
@@ -98,20 +102,119 @@ def node_client() -> tuple[dict[str, str] | None, str]:
     return versions, ""
 
 
+PG_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def postgres_admin_url(url: str) -> str:
+    """The plain ``postgresql://`` form asyncpg connects with; ValueError for other URLs."""
+    for scheme in PG_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql://" + url.removeprefix(scheme)
+    wanted = "postgresql:// or postgresql+asyncpg://"
+    raise ValueError(f"not a PostgreSQL URL (want {wanted}): {redact(url)}")
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and the results file: the password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def pg_admin(url: str, sql: str, limit_s: float = 30.0) -> str:
+    """Run one statement on the server at ``url``; returns the server's version.
+
+    Why a thread: ``Server.start`` and ``stop`` are synchronous but are called from
+    the driver's running event loop, where ``asyncio.run`` cannot nest. Connect,
+    statement and close are each bounded, and so is the whole.
+    """
+
+    async def run() -> str:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute(sql, timeout=limit_s)
+            return str(await conn.fetchval("SHOW server_version", timeout=10))
+        finally:
+            await conn.close(timeout=5)
+
+    async def bounded() -> str:
+        return await asyncio.wait_for(run(), limit_s + 20)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pg-admin") as pool:
+        return pool.submit(asyncio.run, bounded()).result()
+
+
 @dataclass
 class Server:
-    """One server under test: ``ours`` (``python -m api serve``) or ``baseline``."""
+    """One server under test: ``ours`` (``python -m api serve``) or ``baseline``.
+
+    With ``database_url`` (ours only) each start creates a fresh, uniquely named
+    database on that PostgreSQL server, migrates and seeds it, and ``stop`` drops
+    it (also when the start fails); otherwise ours uses SQLite in ``workdir``.
+    """
 
     kind: str
     workers: int = 1
     redis_url: str | None = None
+    database_url: str | None = None  # any database on the PostgreSQL server to use
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    database_name: str | None = None  # the database this start created, until dropped
+    postgres_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.database_url and self.kind != "ours":
+            raise ValueError("only our server has a database")
+        if self.database_url:
+            postgres_admin_url(self.database_url)  # fail before anything is created
 
     @property
     def cpus(self) -> str:
         return "0" if self.workers == 1 else f"0-{self.workers - 1}"
+
+    @property
+    def database(self) -> str:
+        """``postgres``, ``sqlite`` or ``none`` (the baseline keeps nothing)."""
+        if self.kind != "ours":
+            return "none"
+        return "postgres" if self.database_url else "sqlite"
+
+    @property
+    def bus(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    def _server_database_url(self) -> str:
+        """The asyncpg-dialect URL of this start's database (same server, same query)."""
+        assert self.database_url and self.database_name
+        parts = urllib.parse.urlsplit(postgres_admin_url(self.database_url))
+        return urllib.parse.urlunsplit(
+            parts._replace(scheme="postgresql+asyncpg", path="/" + self.database_name)
+        )
+
+    def _create_database(self) -> None:
+        assert self.database_url
+        name = f"emx_bench_{os.getpid()}_{self.port}_{secrets.token_hex(3)}"
+        self.database_name = name  # set first: a CREATE whose answer was lost is dropped too
+        self.postgres_version = pg_admin(
+            postgres_admin_url(self.database_url), f'CREATE DATABASE "{name}"'
+        )
+
+    def _drop_database(self) -> None:
+        """Drop this start's database; a failure is reported, never raised."""
+        if not (self.database_url and self.database_name):
+            return
+        name, self.database_name = self.database_name, None
+        try:
+            pg_admin(
+                postgres_admin_url(self.database_url),
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            )
+        except Exception as exc:
+            print(f"[bench] could not drop database {name!r} ({exc!r}); drop it by hand",
+                  file=sys.stderr)  # fmt: skip
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
@@ -124,6 +227,8 @@ class Server:
         if self.redis_url:
             env["EDUMATRIX_REDIS_URL"] = self.redis_url
             env["EDUMATRIX_REDIS_PREFIX"] = f"bench{self.port}"
+        if self.database_name:
+            env["EDUMATRIX_DATABASE_URL"] = self._server_database_url()
         return env
 
     def _command(self) -> list[str]:
@@ -136,6 +241,20 @@ class Server:
         return ["taskset", "-c", self.cpus, *cmd, "--workers", str(self.workers)]
 
     def start(self, timeout: float = 60.0) -> None:
+        """Create and fill the database (ours), start the server, wait for /readyz.
+
+        On any failure, including Ctrl-C, whatever was started or created is
+        stopped and dropped before the error goes up.
+        """
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
+        if self.database_url:
+            self._create_database()
         env = self._env()
         if self.kind == "ours":
             for step in ("migrate", "seed-demo"):
@@ -184,6 +303,14 @@ class Server:
         return [root, *root.children(recursive=True)]
 
     def stop(self) -> None:
+        """Stop the server by PID, then drop its database and remove its temp dir."""
+        try:
+            self._stop_process()
+        finally:
+            self._drop_database()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_process(self) -> None:
         if self.process is None:
             return
         children = []
@@ -201,7 +328,6 @@ class Server:
         for child in children:  # by PID, only the ones we started
             if child.is_running():
                 child.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Sampler:
