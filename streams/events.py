@@ -133,6 +133,7 @@ class EventLog(ABC):
     def __init__(self, *, buffer_size: int, registry: CollectorRegistry | None = None) -> None:
         self._queue: asyncio.Queue[Event] = asyncio.Queue(buffer_size)
         self._task: asyncio.Task[None] | None = None
+        self._inflight: list[Event] = []  # taken off the queue, not yet sent
         self.emitted_total = 0  # plain mirrors of the counters, for systemStatus
         self.dropped_total = 0
         self.emitted = Counter(
@@ -166,7 +167,7 @@ class EventLog(ABC):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        pending = self._drain()
+        pending, self._inflight = self._inflight + self._drain(), []
         if pending:
             try:
                 await self._send(pending)
@@ -182,24 +183,23 @@ class EventLog(ABC):
 
     async def _sender(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            # Held on the instance, not in a local: if close() cancels this task
+            # while the batch lingers or is being sent, close() sends it, first and
+            # in order, instead of losing what was already taken off the queue.
+            self._inflight = [await self._queue.get()]
             if self.linger_seconds:
                 await asyncio.sleep(self.linger_seconds)
-            batch += self._drain()
+            self._inflight += self._drain()
             try:
-                await self._send(batch)
-            except asyncio.CancelledError:
-                for event in batch:  # give them back so close() flushes them
-                    if self._queue.full():
-                        break
-                    self._queue.put_nowait(event)
-                raise
+                await self._send(self._inflight)
             except Exception as exc:
                 # The sender must outlive broker hiccups; lost batches are counted.
-                self.dropped.inc(len(batch))
-                self.dropped_total += len(batch)
-                log.error("events.send_failed", count=len(batch), error=repr(exc))
+                self.dropped.inc(len(self._inflight))
+                self.dropped_total += len(self._inflight)
+                log.error("events.send_failed", count=len(self._inflight), error=repr(exc))
+                self._inflight = []
                 await asyncio.sleep(1.0)
+            self._inflight = []
 
     async def _open(self) -> None:
         """Connect to whatever the events go to (nothing by default)."""
