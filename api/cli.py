@@ -24,13 +24,18 @@ def _settings() -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import structlog
     import uvicorn
 
+    from api.logs import configure_logging
+
     settings = _settings()  # fail here, with a readable message, not in each worker
-    print(
-        f"edumatrix: serving ({settings.mode.value} mode) on http://{args.host}:{args.port} "
-        f"- GraphiQL at /graphql",
-        file=sys.stderr,
+    configure_logging(settings)  # the supervisor's own lines (--workers) look the same
+    structlog.get_logger("api.cli").info(
+        "server.serving",
+        url=f"http://{args.host}:{args.port}",
+        mode=settings.mode.value,
+        graphiql=f"http://{args.host}:{args.port}/graphql",
     )
     uvicorn.run(
         "api.app:create_app",
@@ -39,6 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        # uvicorn's records go to the root handler api.logs installs (JSON lines in
+        # cluster mode), not to uvicorn's own colourised handlers.
+        log_config=None,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=10,
         # The multiplexer writes frames straight to this protocol's transport
         # (api/rawsocket.py); with another implementation it falls back to ASGI send.

@@ -1,4 +1,15 @@
-"""Structured logs: JSON lines in cluster mode (for log shippers), readable in dev."""
+"""Structured logs: JSON lines in cluster mode (for log shippers), readable in dev.
+
+Every record goes through one structlog renderer, including those of stdlib
+loggers (uvicorn, SQLAlchemy, aiokafka, Strawberry's error logger): a log shipper
+reading JSON lines should not meet uvicorn's colourised text in between.
+
+Per-connection and per-request lines (uvicorn's access log, and its
+``"WebSocket /graphql" [accepted]`` / ``connection open`` lines) are off unless
+``EDUMATRIX_ACCESS_LOG`` is set: the audit log already records who connected and
+what they did, and formatting two unstructured lines per WebSocket handshake was
+8% of the server's CPU during a connect burst (py-spy, bench/README.md).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,18 @@ import structlog
 
 from api.settings import Mode, Settings
 
+# Messages uvicorn's WebSocket protocol logs on ``uvicorn.error`` for every accepted
+# connection; rejections and everything else stay.
+_PER_CONNECTION = frozenset({'%s - "WebSocket %s" [accepted]', "connection open"})
+
+
+class _DropPerConnection(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _PER_CONNECTION
+
+
+_DROP_PER_CONNECTION = _DropPerConnection()
+
 
 def configure_logging(settings: Settings) -> None:
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
@@ -18,11 +41,14 @@ def configure_logging(settings: Settings) -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -30,5 +56,22 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.removeFilter(_DROP_PER_CONNECTION)
+    if not settings.access_log:
+        uvicorn_error.addFilter(_DROP_PER_CONNECTION)

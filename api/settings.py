@@ -99,6 +99,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
+    access_log: bool = Field(
+        default=False,
+        description="a log line per HTTP request and per accepted WebSocket (uvicorn's access log)",
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
