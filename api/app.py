@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
 from api.auth import TokenService
 from api.connections import Connections
@@ -25,7 +25,7 @@ from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
 from api.plan import Planner
-from api.rawsocket import ExposeServerSend
+from api.rawsocket import WebSocketLane
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
@@ -178,10 +178,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/graphiql", graphiql),
-        Route("/graphql", view),
-        WebSocketRoute("/graphql", view),
+        Route("/graphql", view),  # WebSockets on /graphql: WebSocketLane below
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ExposeServerSend)])
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(WebSocketLane, path="/graphql", endpoint=view)],
+    )
     app.state.settings = settings
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")

@@ -49,9 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
-        # The multiplexer writes frames straight to this protocol's transport
-        # (api/rawsocket.py); with another implementation it falls back to ASGI send.
-        ws="websockets-sansio",
+        # uvicorn's websockets-sansio protocol with lighter per-connection state
+        # (api/wsprotocol.py). The multiplexer writes frames straight to its
+        # transport (api/rawsocket.py); with another protocol it uses ASGI send.
+        ws="api.wsprotocol:LeanWebSocketProtocol",
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Off by default, as in Centrifugo: with fan-out, deflate runs once per frame

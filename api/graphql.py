@@ -74,6 +74,13 @@ class TransportWSHandler(
         self._init_mux()
         await self._tracked(super().handle)
 
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_init_received:
+            # Strawberry cancelled its timeout task above but keeps the Task object
+            # (~1.5 KB with its coroutine) for the life of the connection.
+            self.connection_init_timeout_task = None
+
 
 class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
     async def handle(self) -> None:

@@ -158,7 +158,7 @@ class Frames:
         return frame
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     op_id: str
     outbox: Outbox
@@ -243,7 +243,11 @@ class Multiplexer:
     async def join(
         self, plan: Plan, context: Context, member: Member, since: Position | None
     ) -> None:
-        """Add a member; with ``since``, replay history first, then go live."""
+        """Add a member; with ``since``, replay history first, then go live.
+
+        Only the group keeps a plan: :meth:`leave` takes the key, so a member's own
+        plan (its copy of the document text and variables) need not outlive this.
+        """
         key = plan.group_key(context)
         async with self._lock:
             group = self._groups.get(key)
@@ -261,8 +265,7 @@ class Multiplexer:
             member.replay = asyncio.create_task(self._replay(group, member, since))
         self._metrics.subscriptions.labels(kind="channel").inc()
 
-    async def leave(self, plan: Plan, context: Context, member: Member) -> None:
-        key = plan.group_key(context)
+    async def leave(self, key: tuple[Any, ...], member: Member) -> None:
         if member.replay is not None:
             member.replay.cancel()
         async with self._lock:

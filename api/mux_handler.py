@@ -17,7 +17,7 @@ from graphql import GraphQLError
 from starlette.websockets import WebSocket
 
 from api.multiplex import Member, Outbox, error_frames
-from api.plan import Plan, Planner
+from api.plan import Planner
 from resolvers.access import authorize
 from resolvers.emit import emit
 from schema.context import Context
@@ -27,9 +27,10 @@ from streams.channels import parse_channel
 from streams.envelope import Position
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Op:
-    plan: Plan
+    key: tuple[Any, ...]  # the group's
+    channel: str
     member: Member
 
 
@@ -81,7 +82,7 @@ class MultiplexedSubscribe:
             services.metrics.mux_connections.labels(write=self._outbox.write_path).inc()
         prefix = ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
         member = Member(op_id, self._outbox, prefix)
-        self._mux_ops[op_id] = _Op(plan, member)
+        self._mux_ops[op_id] = _Op(plan.group_key(self.context), channel.name, member)
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
         await services.mux.join(plan, self.context, member, since)
         emit(
@@ -91,6 +92,10 @@ class MultiplexedSubscribe:
             {"channel": channel.name},
             channel=channel,
         )
+        # Strawberry's read loop holds this message until the next one arrives, which
+        # for a subscriber may be never: ~1.3 KB per connection of a document and
+        # variables the group already has. Nothing reads it after this handler.
+        message.clear()
 
     async def handle_complete(self, message: Any) -> None:
         op = self._mux_ops.pop(message.get("id"), None)
@@ -101,13 +106,13 @@ class MultiplexedSubscribe:
 
     async def _leave(self, op: _Op) -> None:
         services = self.context.services
-        await services.mux.leave(op.plan, self.context, op.member)
+        await services.mux.leave(op.key, op.member)
         emit(
             services,
             self.context.viewer,
             "subscription.stop",
-            {"channel": op.plan.channel},
-            channel=parse_channel(op.plan.channel),
+            {"channel": op.channel},
+            channel=parse_channel(op.channel),
         )
 
     async def shutdown(self) -> None:

@@ -96,12 +96,15 @@ class Planner:
         self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
         self._shaped = lru_cache(maxsize=1024)(self._shape)
 
-    def _parse_and_validate(self, query: str) -> DocumentNode | None:
+    def _parse_and_validate(self, query: str) -> tuple[str, DocumentNode] | None:
+        """The document, and the query text it was made from: that one string then
+        stands for every equal copy clients send (group keys hold it for as long as
+        a subscription lives)."""
         try:
             document = parse(query, max_tokens=self._max_tokens)
         except GraphQLError:
             return None
-        return None if validate(self._schema, document, self._rules) else document
+        return None if validate(self._schema, document, self._rules) else (query, document)
 
     def _request(self, payload: object) -> Request | None:
         """The valid document a GraphQL request payload names, with its operation."""
@@ -116,9 +119,10 @@ class Planner:
         extensions = payload.get("extensions")
         if extensions is not None and not isinstance(extensions, dict):
             return None
-        document = self._checked(query)
-        if document is None:
+        checked = self._checked(query)
+        if checked is None:
             return None
+        query, document = checked
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
@@ -166,9 +170,12 @@ class Planner:
         """What a subscription document means for grouping, once per document:
         its ``channel`` root field, the variables its selection reads, and whether
         it reads a viewer-dependent field (a tree walk that was per subscribe)."""
-        document = self._checked(query)
-        operation = get_operation_ast(document, operation_name) if document else None
-        if document is None or operation is None:
+        checked = self._checked(query)
+        if checked is None:
+            return None
+        document = checked[1]
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
             return None
         selections = operation.selection_set.selections
         root = selections[0] if len(selections) == 1 else None

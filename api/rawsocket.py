@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -31,19 +32,28 @@ except ImportError:  # pragma: no cover - an older uvicorn: every write takes th
 SEND_KEY = "edumatrix.server_send"
 
 
-class ExposeServerSend:
-    """ASGI middleware: keep the server's own ``send`` in the WebSocket scope.
+class WebSocketLane:
+    """ASGI middleware: keep the server's own ``send`` in WebSocket scopes, and hand
+    WebSockets for ``path`` straight to ``endpoint``.
 
     Starlette wraps ``send`` for its exception handling; the original callable is
-    what tells us which protocol object owns the connection.
+    what tells us which protocol object owns the connection. The direct hand-off
+    skips Starlette's exception middleware and router, whose coroutine frames every
+    open subscription otherwise keeps suspended for its whole life (~1.8 KB per
+    connection) and which do nothing for a WebSocket the GraphQL view owns.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
         self.app = app
+        self.path = path
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             scope[SEND_KEY] = send
+            if get_route_path(scope) == self.path:
+                await self.endpoint(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

@@ -76,7 +76,7 @@ async def test_one_group_one_execution_each_member_its_own_id() -> None:
             == {"data": {"channel": {"offset": 1, "announcement": {"title": "hi"}}}}
         )
         for m in members:
-            await mux.leave(plan, context, m)
+            await mux.leave(plan.group_key(context), m)
         assert mux.group_count == 0
     finally:
         await bus.close()
@@ -101,6 +101,17 @@ async def test_failed_bus_subscription_completes_members_and_frees_the_group() -
         assert mux.group_count == 0
     finally:
         await bus.close()
+
+
+def test_equal_documents_share_one_query_string() -> None:
+    """Group keys live as long as subscriptions: equal texts must not each keep a copy."""
+    _, _, planner = setup()
+    copy = "".join([DOC[:5], DOC[5:]])
+    assert copy == DOC and copy is not DOC
+    first = planner.plan({"query": DOC, "variables": {"n": CHANNEL}})
+    second = planner.plan({"query": copy, "variables": {"n": CHANNEL}})
+    assert first is not None and second is not None
+    assert second.query is first.query
 
 
 def _announcement(title: str) -> dict[str, str]:
