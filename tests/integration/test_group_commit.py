@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from db.migrate import upgrade
 from db.models import Announcement, AuditEntry
 from db.repo import Actor
 
+SQLITE_DATETIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
 ACTOR = Actor("nw-ada", "teacher", "northwood")
 
 
@@ -43,9 +45,24 @@ async def check_concurrent_publishes_share_transactions(url: str) -> None:
         # The first call is written alone; the other 199 queued behind it and shared.
         assert writer.rows == 200 and writer.batches < 10
         async with engine.connect() as conn:
-            rows = {r.id: r.title for r in await conn.execute(select(Announcement))}
+            read = {r.id: r for r in await conn.execute(select(Announcement))}
             audit = (await conn.execute(select(AuditEntry))).all()
+            raw_times = (await conn.exec_driver_sql("SELECT created_at FROM announcements")).all()
+        rows = {i: r.title for i, r in read.items()}
         assert rows == {s.id: s.title for s in stored}
+        # Every column of every row of a batch is stored as a single insert stores it.
+        for s in stored:
+            r = read[s.id]
+            assert (r.channel, r.institution_id, r.author_id, r.body, r.priority) == (
+                s.channel,
+                s.institution_id,
+                s.author_id,
+                s.body,
+                s.priority,
+            )
+            assert r.created_at.replace(tzinfo=None) == s.created_at.replace(tzinfo=None)
+        if engine.dialect.name == "sqlite":  # SQLAlchemy's DateTime text, no offset, no "T"
+            assert all(SQLITE_DATETIME.fullmatch(t) for (t,) in raw_times), raw_times[:3]
         assert sorted(a.detail["announcementId"] for a in audit) == sorted(rows)
         assert {(a.actor_id, a.action, a.outcome) for a in audit} == {
             ("nw-ada", "publishAnnouncement", "ok")
