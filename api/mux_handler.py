@@ -78,7 +78,12 @@ class MultiplexedSubscribe:
         plan = replace(plan, channel=channel.name)
         services = self.context.services
         if self._outbox is None:
-            self._outbox = Outbox(websocket, services.mux.outbox_limit, self.context.on_overflow)
+            self._outbox = Outbox(
+                websocket,
+                services.mux.outbox_limit,
+                self.context.on_overflow,
+                services.mux.coalescer,
+            )
             services.metrics.mux_connections.labels(write=self._outbox.write_path).inc()
         prefix = ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
         member = Member(op_id, self._outbox, prefix)

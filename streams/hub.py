@@ -68,6 +68,10 @@ class Feed:
             if self._on_overflow is not None:
                 self._on_overflow()
 
+    def backlog(self) -> int:
+        """Items already waiting behind the one just taken (a burst, for coalescing)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         self._queue._queue.clear()  # type: ignore[attr-defined]  # drop, we are leaving
         self._queue.put_nowait(_CLOSED)

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from api.metrics import Metrics
-from api.multiplex import Member, Multiplexer, Outbox
+from api.multiplex import Coalescer, Member, Multiplexer, Outbox
 from api.plan import Planner
 from api.settings import Settings
 from schema import build_schema, limit_rules
@@ -46,7 +46,7 @@ def setup() -> tuple[Bus, Multiplexer, Planner]:
 
 
 def member(op_id: str, socket: RecordingSocket) -> Member:
-    outbox = Outbox(socket, 100, lambda: None)  # type: ignore[arg-type]
+    outbox = Outbox(socket, 100, lambda: None, Coalescer())  # type: ignore[arg-type]
     return Member(
         op_id, outbox, ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
     )

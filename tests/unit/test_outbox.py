@@ -1,4 +1,5 @@
-"""The outbox's direct-write path: order, back-pressure, the 4008 bound, closing.
+"""The outbox's direct-write path: coalescing, order, back-pressure, the 4008 bound,
+closing.
 
 The transport and uvicorn's protocol flags are stood in for by a small fake with
 the same attributes the outbox reads (writable event, close_sent, transport).
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import api.multiplex
-from api.multiplex import Outbox
+from api.multiplex import Coalescer, Outbox
 from api.rawsocket import RawSocket
 
 
@@ -45,7 +46,7 @@ def protocol(monkeypatch: pytest.MonkeyPatch) -> FakeProtocol:
 
 def outbox(limit: int = 4) -> tuple[Outbox, list[str]]:
     overflowed: list[str] = []
-    box = Outbox(Any, limit, lambda: overflowed.append("4008"))  # type: ignore[arg-type]
+    box = Outbox(Any, limit, lambda: overflowed.append("4008"), Coalescer())  # type: ignore[arg-type]
     assert box.write_path == "direct"
     return box, overflowed
 
@@ -63,6 +64,41 @@ async def test_writes_straight_through_while_writable(protocol: FakeProtocol) ->
     assert box._task is None  # no task, no queue: nothing waited
 
 
+async def test_a_burst_leaves_in_one_write_then_direct_again(protocol: FakeProtocol) -> None:
+    box, _ = outbox()
+    box._coalescer.holding = True  # a pump with more messages queued
+    for i in range(5):
+        box.push(b"%d" % i)
+    box._coalescer.holding = False
+    box.push(b"5")  # the burst's last message: behind what is held, not ahead of it
+    assert protocol.transport.written == []
+    await settle()
+    assert protocol.transport.written == [b"012345"]  # one syscall, in order
+    box.push(b"a")
+    assert protocol.transport.written == [b"012345", b"a"]  # alone: written at once
+    assert box._task is None and box._frames is None  # no task, no queue
+
+
+async def test_connections_of_one_burst_flush_together(protocol: FakeProtocol) -> None:
+    coalescer = Coalescer()
+    fakes = [FakeProtocol() for _ in range(3)]
+    boxes = []
+    for fake in fakes:
+        box = Outbox(Any, 10, lambda: None, coalescer)  # type: ignore[arg-type]
+        box._raw = RawSocket(fake)  # each its own connection, not the fixture's
+        boxes.append(box)
+    coalescer.holding = True
+    for message in (b"m1", b"m2"):
+        for box in boxes:
+            box.push(message)
+    coalescer.holding = False
+    flushed: list[int] = []
+    coalescer.after_flush(lambda: flushed.append(sum(len(f.transport.written) for f in fakes)))
+    await settle()
+    assert [f.transport.written for f in fakes] == [[b"m1m2"]] * 3
+    assert flushed == [3]  # after_flush runs once every connection was written
+
+
 async def test_back_pressure_queues_in_order_then_drains(protocol: FakeProtocol) -> None:
     box, overflowed = outbox(limit=10)
     box.push(b"a")
@@ -78,6 +114,37 @@ async def test_back_pressure_queues_in_order_then_drains(protocol: FakeProtocol)
     assert box._task is None and box._frames is None and not overflowed
 
 
+async def test_held_frames_queue_when_the_socket_pauses_before_the_flush(
+    protocol: FakeProtocol,
+) -> None:
+    box, overflowed = outbox(limit=10)
+    box._coalescer.holding = True
+    box.push(b"a")
+    box.push(b"b")
+    box._coalescer.holding = False
+    protocol.writable.clear()  # paused by another connection's write in the same step
+    await settle()
+    assert protocol.transport.written == []
+    box.push(b"c")  # behind the queued a and b
+    protocol.writable.set()
+    await settle()
+    assert b"".join(protocol.transport.written) == b"abc" and not overflowed
+
+
+async def test_a_held_burst_over_the_limit_is_cut_at_the_flush(protocol: FakeProtocol) -> None:
+    box, overflowed = outbox(limit=4)
+    protocol.writable.clear()
+    box._coalescer.holding = True
+    for i in range(20):
+        box.push(b"%d" % i)
+    box._coalescer.holding = False
+    await settle()
+    assert overflowed == ["4008"] and box.overflowed
+    protocol.writable.set()
+    await settle()
+    assert protocol.transport.written == []
+
+
 async def test_a_peer_that_stops_reading_is_cut_once(protocol: FakeProtocol) -> None:
     box, overflowed = outbox(limit=4)
     protocol.writable.clear()
@@ -85,9 +152,12 @@ async def test_a_peer_that_stops_reading_is_cut_once(protocol: FakeProtocol) -> 
         box.push(b"%d" % i)
     assert overflowed == ["4008"]
     assert box.overflowed
+    for i in range(5):
+        box.push(b"late %d" % i)  # after the cut: dropped
     protocol.writable.set()
     await settle()
     assert protocol.transport.written == []  # nothing after the cut
+    assert overflowed == ["4008"]
 
 
 async def test_closed_socket_drops_the_queue(protocol: FakeProtocol) -> None:
@@ -101,6 +171,18 @@ async def test_closed_socket_drops_the_queue(protocol: FakeProtocol) -> None:
     box.push(b"y")  # after close: never written straight through
     await settle()
     assert protocol.transport.written == []
+
+
+async def test_frames_held_when_the_socket_closes_are_not_written(
+    protocol: FakeProtocol,
+) -> None:
+    box, overflowed = outbox()
+    box._coalescer.holding = True
+    box.push(b"x")
+    box._coalescer.holding = False
+    protocol.close_sent = True  # e.g. shutdown's 1001 in the same step
+    await settle()
+    assert protocol.transport.written == [] and not overflowed
 
 
 async def test_paced_replay_waits_for_room_instead_of_overflowing(
@@ -120,5 +202,5 @@ async def test_paced_replay_waits_for_room_instead_of_overflowing(
     async with asyncio.timeout(5):
         await task
     await settle()
-    assert protocol.transport.written == [b"%d" % i for i in range(12)]
+    assert b"".join(protocol.transport.written) == b"".join(b"%d" % i for i in range(12))
     assert not overflowed
