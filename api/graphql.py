@@ -30,7 +30,7 @@ from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
 from api.connections import FORBIDDEN, GOING_AWAY
-from api.http_fast import FastHTTP
+from api.http_fast import COMPACT_JSON, FastHTTP
 from api.metrics import Metrics
 from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
@@ -131,6 +131,12 @@ class GraphQLView(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)
+
+    def encode_json(self, data: object) -> str:
+        """Strawberry's output (compact separators) from one encoder: its own builds a
+        ``JSONEncoder`` per call, which was a few percent of a handshake (every
+        ``connection_ack`` and ``next`` it sends goes through here)."""
+        return COMPACT_JSON.encode(data)
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -48,7 +48,7 @@ from schema.event_extension import emit_operation_events
 if TYPE_CHECKING:
     from api.graphql import GraphQLView
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # what Strawberry's encode_json does
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # what Strawberry's encode_json does
 _OPERATION_TYPES = {
     OperationType.QUERY: StrawberryOperationType.QUERY,
     OperationType.MUTATION: StrawberryOperationType.MUTATION,
@@ -98,7 +98,7 @@ class FastHTTP:
         if errors:
             response["errors"] = [masked(e).formatted for e in errors]
         self._metrics.http_operations.labels(path="fast").inc()
-        await Response(_COMPACT.encode(response), media_type="application/json")(
+        await Response(COMPACT_JSON.encode(response), media_type="application/json")(
             scope, receive, send
         )
         return None

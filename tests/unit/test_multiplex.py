@@ -114,6 +114,25 @@ def test_equal_documents_share_one_query_string() -> None:
     assert second.query is first.query
 
 
+def test_equal_subscribe_payloads_share_one_plan_and_values_tell_them_apart() -> None:
+    _, _, planner = setup()
+    first = planner.plan({"query": DOC, "variables": {"n": CHANNEL}})
+    again = planner.plan({"variables": {"n": CHANNEL}, "query": DOC})
+    other = planner.plan({"query": DOC, "variables": {"n": CHANNEL + "y"}})
+    assert first is not None and other is not None
+    assert again is first  # coerced once, not per subscriber
+    assert (first.name, other.name) == (CHANNEL, CHANNEL + "y")
+    since = '{ channel(name: "institution:x", since: {offset: 3, epoch: $e}) { offset } }'
+    resume = f"subscription($e: String!) {since}"
+    a = planner.plan({"query": resume, "variables": {"e": "ab"}})
+    b = planner.plan({"query": resume, "variables": {"e": "cd"}})
+    assert a is not None and b is not None
+    assert (a.since, b.since) == ({"offset": 3, "epoch": "ab"}, {"offset": 3, "epoch": "cd"})
+    # Variables the operation does not accept: no plan (Strawberry answers the error).
+    assert planner.plan({"query": DOC, "variables": {"n": 5}}) is None
+    assert planner.plan({"query": DOC, "variables": {}}) is None
+
+
 def _announcement(title: str) -> dict[str, str]:
     return {
         "id": "1",
