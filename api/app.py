@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -67,6 +68,26 @@ def build_presence(settings: Settings) -> Presence:
             queue_size=settings.subscriber_queue_size,
         )
     return MemoryPresence(queue_size=settings.subscriber_queue_size)
+
+
+# uvicorn waits for the lifespan's shutdown without a limit; a close that hangs
+# (a backend that never answers) would keep a stopped server running until killed.
+SHUTDOWN_BUDGET_SECONDS = 20.0
+
+
+async def _bounded_close(step: str, close: Callable[[], Awaitable[None]], deadline: float) -> None:
+    """Run one shutdown step within what is left of the budget (at least 1 s), and
+    say which step it was if it fails or runs out, then go on with the next."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout_at(max(deadline, started + 1.0)):
+            await close()
+    except TimeoutError:
+        waited = round(loop.time() - started, 1)
+        log.error("server.shutdown_step_timeout", step=step, waited_s=waited)
+    except Exception as exc:  # keep closing the others; the process is stopping anyway
+        log.error("server.shutdown_step_failed", step=step, error=repr(exc))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -137,11 +158,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield {"services": services}
         finally:
-            await presence.close()  # members of this process leave now, not at expiry
-            await events.close()  # flush buffered events before the bus and engine go
-            await announcements.close()
-            await bus.close()
-            await engine.dispose()
+            deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET_SECONDS
+            steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                ("presence", presence.close),  # members of this process leave now
+                ("events", events.close),  # flush buffered events before bus and engine
+                ("announcements", announcements.close),
+                ("bus", bus.close),
+                ("database", engine.dispose),
+            ]
+            for step, close in steps:
+                await _bounded_close(step, close, deadline)
             log.info("server.stopped")
 
     async def healthz(request: Request) -> Response:

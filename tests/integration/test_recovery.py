@@ -7,6 +7,7 @@ import asyncio
 import random
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -370,7 +371,11 @@ def test_sigterm_lets_an_in_flight_mutation_finish(make_server: Make, pg_url: st
         assert result["status"] == 200
         assert result["body"]["data"] == {"publishAnnouncement": {"title": "in flight"}}
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown completes.
-        assert server.process.wait(30) in (0, -signal.SIGTERM)
+        try:
+            code = server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"server still running 30 s after SIGTERM:\n{server.log()}")
+        assert code in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in server.log()
     finally:
         redis_server.stop()

@@ -1,0 +1,38 @@
+"""The lifespan's shutdown steps are bounded: one that hangs cannot keep a stopped
+server running, and the steps after it still run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from api.app import _bounded_close
+
+
+async def test_a_hanging_step_is_cut_at_the_deadline_and_the_next_still_runs() -> None:
+    ran: list[str] = []
+
+    async def hangs() -> None:
+        ran.append("hangs")
+        await asyncio.Event().wait()
+
+    async def fails() -> None:
+        ran.append("fails")
+        raise ConnectionError("backend gone")
+
+    async def closes() -> None:
+        ran.append("closes")
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.2
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(5):
+            for step, close in (("bus", hangs), ("events", fails), ("database", closes)):
+                await _bounded_close(step, close, deadline)
+    assert ran == ["hangs", "fails", "closes"]
+    events = [(e["event"], e["step"]) for e in logs]
+    assert events == [
+        ("server.shutdown_step_timeout", "bus"),
+        ("server.shutdown_step_failed", "events"),
+    ]
