@@ -75,7 +75,7 @@ def build_presence(settings: Settings) -> Presence:
 SHUTDOWN_BUDGET_SECONDS = 20.0
 
 
-async def _bounded_close(step: str, close: Callable[[], Awaitable[None]], deadline: float) -> None:
+async def _bounded_close(step: str, close: Callable[[], Awaitable[None]], deadline: float) -> str:
     """Run one shutdown step within what is left of the budget (at least 1 s), and
     say which step it was if it fails or runs out, then go on with the next."""
     loop = asyncio.get_running_loop()
@@ -86,8 +86,11 @@ async def _bounded_close(step: str, close: Callable[[], Awaitable[None]], deadli
     except TimeoutError:
         waited = round(loop.time() - started, 1)
         log.error("server.shutdown_step_timeout", step=step, waited_s=waited)
+        return "timeout"
     except Exception as exc:  # keep closing the others; the process is stopping anyway
         log.error("server.shutdown_step_failed", step=step, error=repr(exc))
+        return "failed"
+    return "closed"
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

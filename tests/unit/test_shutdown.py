@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
-
 from api.app import _bounded_close
 
 
@@ -26,13 +24,9 @@ async def test_a_hanging_step_is_cut_at_the_deadline_and_the_next_still_runs() -
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 0.2
-    with structlog.testing.capture_logs() as logs:
-        async with asyncio.timeout(5):
-            for step, close in (("bus", hangs), ("events", fails), ("database", closes)):
-                await _bounded_close(step, close, deadline)
+    outcomes = []
+    async with asyncio.timeout(5):
+        for step, close in (("bus", hangs), ("events", fails), ("database", closes)):
+            outcomes.append(await _bounded_close(step, close, deadline))
     assert ran == ["hangs", "fails", "closes"]
-    events = [(e["event"], e["step"]) for e in logs]
-    assert events == [
-        ("server.shutdown_step_timeout", "bus"),
-        ("server.shutdown_step_failed", "events"),
-    ]
+    assert outcomes == ["timeout", "failed", "closed"]  # each also logged with its step
