@@ -5,10 +5,10 @@ re-encodes every message for each of them. Here, subscribers of one process with
 the same (channel, document, operation, variables, visibility) form a *group*:
 each message is executed and JSON-encoded once for the group, and every member's
 frame is that payload with its own operation id around it. Frames go to one bounded
-outbox per connection: written straight to its socket, the frames of one loop step
-in one write (:class:`Coalescer`), and queued with a drain task only under
-back-pressure; a connection whose outbox overflows is closed with 4008, without
-delaying anyone else.
+outbox per connection: written straight to its socket, a burst's frames in one
+write (:class:`Coalescer`), and queued with a drain task only under back-pressure;
+a connection whose outbox overflows is closed with 4008, without delaying anyone
+else.
 
 Only documents whose single root field is ``channel`` take this path (planned by
 :func:`plan`); everything else, and the legacy ``graphql-ws`` protocol, runs through
@@ -77,7 +77,7 @@ class Coalescer:
         self._schedule()
 
     def after_flush(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once this step's frames are written (latency metrics)."""
+        """Run ``callback`` once the held frames are written (latency metrics)."""
         self._after.append(callback)
         self._schedule()
 
@@ -106,9 +106,9 @@ class Outbox:
     of it and the socket takes it without back-pressure (:class:`RawSocket`); during
     a burst it is held and written with the burst's other frames
     (:class:`Coalescer`); only otherwise is it queued, and a drain task exists only
-    while the queue is not empty. A queue that
-    reaches ``limit`` means the peer is not reading: the connection is closed
-    (4008) rather than slowing anyone else down.
+    while the queue is not empty. A queue that reaches ``limit`` means the peer is
+    not reading: the connection is closed (4008) rather than slowing anyone else
+    down.
     """
 
     __slots__ = (
@@ -136,7 +136,7 @@ class Outbox:
         self._limit = limit
         self._on_overflow = on_overflow
         self._coalescer = coalescer
-        self._held: list[bytes] | None = None  # this loop step's frames, not yet written
+        self._held: list[bytes] | None = None  # this burst's frames, not yet written
         # Created on first use and dropped when drained: an idle connection should
         # not carry a queue and an event (~1.5 KB with their deques) it rarely needs.
         self._frames: deque[bytes] | None = None
@@ -168,7 +168,7 @@ class Outbox:
         self._enqueue(frame)
 
     def flush(self) -> None:
-        """Write what this step held, in one piece, or queue it behind back-pressure."""
+        """Write what this burst held, in one piece, or queue it behind back-pressure."""
         held, self._held = self._held, None
         if not held or self.overflowed:
             return

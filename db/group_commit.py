@@ -155,7 +155,6 @@ class AnnouncementWriter:
         ]
 
 
-_COLUMNS = ("channel", "institution_id", "author_id", "title", "body", "priority", "created_at")
 _CHECKED = ("channel", "author_id", "title", "body")
 
 
@@ -176,13 +175,14 @@ async def _sqlite_insert(conn: AsyncConnection, values: list[dict[str, Any]]) ->
     promises no order, hence the sort. The columns that tell rows apart are checked
     against the input: a mismatch raises, and the caller retries row by row.
     """
-    processors = _bind_processors(conn.dialect)
+    columns = tuple(values[0])
+    processors = _bind_processors(conn.dialect, columns)
     params: list[Any] = []
     for sent in values:
-        for column, process in zip(_COLUMNS, processors, strict=True):
+        for column, process in zip(columns, processors, strict=True):
             value = sent[column]
             params.append(value if process is None or value is None else process(value))
-    result = await conn.exec_driver_sql(_multi_row_sql(len(values)), tuple(params))
+    result = await conn.exec_driver_sql(_multi_row_sql(len(values), columns), tuple(params))
     returned = sorted(result.all(), key=lambda r: int(r[0]))
     for got, expected in zip(returned, values, strict=True):
         if tuple(got[1:]) != tuple(expected[c] for c in _CHECKED):
@@ -190,17 +190,19 @@ async def _sqlite_insert(conn: AsyncConnection, values: list[dict[str, Any]]) ->
     return [int(got[0]) for got in returned]
 
 
-@functools.cache
-def _bind_processors(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
-    columns = Announcement.__table__.c
-    return tuple(columns[c].type.dialect_impl(dialect).bind_processor(dialect) for c in _COLUMNS)
+@functools.lru_cache(maxsize=8)
+def _bind_processors(
+    dialect: Dialect, columns: tuple[str, ...]
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    table = Announcement.__table__.c
+    return tuple(table[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
 
 
 @functools.lru_cache(maxsize=64)
-def _multi_row_sql(count: int) -> str:
-    row = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+def _multi_row_sql(count: int, columns: tuple[str, ...]) -> str:
+    row = "(" + ", ".join("?" for _ in columns) + ")"
     return (
-        f"INSERT INTO {Announcement.__tablename__} ({', '.join(_COLUMNS)}) "
+        f"INSERT INTO {Announcement.__tablename__} ({', '.join(columns)}) "
         f"VALUES {', '.join([row] * count)} RETURNING id, {', '.join(_CHECKED)}"
     )
 
