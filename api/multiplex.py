@@ -43,6 +43,12 @@ from streams.hub import HubClosed, Item, Reset
 
 log = structlog.get_logger(__name__)
 
+# Frames one connection holds in a burst before they are written early: the most a
+# burst adds to the transport's buffer past the high-water mark at which uvicorn
+# pauses writing, so a peer that stopped reading still meets back-pressure and the
+# 4008 cut within a burst, not only at the next one.
+HOLD_MAX = 32
+
 
 class Coalescer:
     """Frames for one connection from a burst of messages leave in one write.
@@ -121,6 +127,7 @@ class Outbox:
         "_frames",
         "_room",
         "_task",
+        "_closed",
         "overflowed",
     )
 
@@ -142,6 +149,7 @@ class Outbox:
         self._frames: deque[bytes] | None = None
         self._room: asyncio.Event | None = None  # for replay, waiting for the queue
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.overflowed = False
 
     @property
@@ -150,11 +158,13 @@ class Outbox:
         return "asgi" if self._raw is None else "direct"
 
     def push(self, frame: bytes) -> None:
-        if self.overflowed:
+        if self.overflowed or self._closed:
             return
         held = self._held
         if held is not None:  # behind this burst's frames, in order
             held.append(frame)
+            if len(held) >= min(HOLD_MAX, self._limit):
+                self.flush()  # early, so back-pressure is checked within the burst
             return
         raw = self._raw
         if not self._frames and raw is not None:
@@ -170,7 +180,7 @@ class Outbox:
     def flush(self) -> None:
         """Write what this burst held, in one piece, or queue it behind back-pressure."""
         held, self._held = self._held, None
-        if not held or self.overflowed:
+        if not held or self.overflowed or self._closed:
             return
         raw = self._raw
         if not self._frames and raw is not None and raw.writable():
@@ -245,6 +255,10 @@ class Outbox:
             self._wake_paced()
 
     async def close(self) -> None:
+        """The connection is ending: drop what a burst still holds (a flush after
+        this would start a drain task for a socket nobody owns) and stop draining."""
+        self._closed = True
+        self._held = None
         await cancel_and_wait(self._task)
 
 

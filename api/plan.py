@@ -39,6 +39,10 @@ from schema.context import Context
 # Fields of ChannelEvent (and below) whose value depends on who is looking.
 VIEWER_FIELDS = frozenset({"fromMe"})
 _VARIABLES_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+# Plans are cached only for variables up to this size (a channel name and a
+# position are ~100 bytes): the cache outlives subscribers, and a client must not
+# be able to park megabytes in it with large unused variables.
+CACHED_VARIABLES_MAX_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,8 @@ class Planner:
             variables_text = _VARIABLES_KEY.encode(request.variables)
         except (TypeError, ValueError):  # not JSON (only possible from Python callers)
             return None
+        if len(variables_text) > CACHED_VARIABLES_MAX_CHARS:
+            return self._plan(request.query, request.operation_name, variables_text)
         return self._planned(request.query, request.operation_name, variables_text)
 
     def _plan(self, query: str, operation_name: str | None, variables_text: str) -> Plan | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from api.metrics import Metrics
 from api.multiplex import Coalescer, Member, Multiplexer, Outbox
-from api.plan import Planner
+from api.plan import CACHED_VARIABLES_MAX_CHARS, Planner
 from api.settings import Settings
 from schema import build_schema, limit_rules
 from schema.context import Context
@@ -131,6 +131,12 @@ def test_equal_subscribe_payloads_share_one_plan_and_values_tell_them_apart() ->
     # Variables the operation does not accept: no plan (Strawberry answers the error).
     assert planner.plan({"query": DOC, "variables": {"n": 5}}) is None
     assert planner.plan({"query": DOC, "variables": {}}) is None
+    # Large variables are planned but not kept: the cache outlives subscribers.
+    big = {"n": CHANNEL, "unused": "x" * (CACHED_VARIABLES_MAX_CHARS + 1)}
+    kept = planner._planned.cache_info().currsize
+    plan = planner.plan({"query": DOC, "variables": big})
+    assert plan is not None and plan.name == CHANNEL
+    assert planner._planned.cache_info().currsize == kept
 
 
 def _announcement(title: str) -> dict[str, str]:

@@ -65,7 +65,7 @@ async def test_writes_straight_through_while_writable(protocol: FakeProtocol) ->
 
 
 async def test_a_burst_leaves_in_one_write_then_direct_again(protocol: FakeProtocol) -> None:
-    box, _ = outbox()
+    box, _ = outbox(limit=10)  # holds up to min(HOLD_MAX, limit) frames
     box._coalescer.holding = True  # a pump with more messages queued
     for i in range(5):
         box.push(b"%d" % i)
@@ -158,6 +158,41 @@ async def test_a_peer_that_stops_reading_is_cut_once(protocol: FakeProtocol) -> 
     await settle()
     assert protocol.transport.written == []  # nothing after the cut
     assert overflowed == ["4008"]
+
+
+async def test_a_peer_that_stops_reading_is_cut_within_one_burst(
+    protocol: FakeProtocol,
+) -> None:
+    """A burst longer than the hold limit is written early, so back-pressure (here:
+    the transport pauses after any write) and the 4008 cut apply inside the burst."""
+    written = protocol.transport.written
+
+    class PausingTransport(FakeTransport):
+        def write(self, data: bytes) -> None:
+            written.append(data)
+            protocol.writable.clear()  # uvicorn's pause_writing, past the high water
+
+    protocol.transport = PausingTransport()
+    box, overflowed = outbox(limit=4)
+    box._coalescer.holding = True
+    for i in range(50):
+        box.push(b"%d" % i)
+    box._coalescer.holding = False
+    await settle()
+    assert written == [b"0123"]  # one early write of the first 4, then held back
+    assert overflowed == ["4008"] and box.overflowed
+
+
+async def test_a_close_before_the_flush_drops_the_burst(protocol: FakeProtocol) -> None:
+    box, overflowed = outbox()
+    box._coalescer.holding = True
+    box.push(b"x")
+    box._coalescer.holding = False
+    protocol.writable.clear()
+    await box.close()  # the connection's handler ended before the flush ran
+    await settle()
+    assert box._task is None and box._frames is None  # no drain task for a gone owner
+    assert protocol.transport.written == [] and not overflowed
 
 
 async def test_closed_socket_drops_the_queue(protocol: FakeProtocol) -> None:

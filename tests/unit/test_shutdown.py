@@ -8,7 +8,7 @@ import asyncio
 from api.app import _bounded_close
 
 
-async def test_a_hanging_step_is_cut_at_the_deadline_and_the_next_still_runs() -> None:
+async def test_a_hanging_step_is_cut_at_its_limit_and_the_next_still_runs() -> None:
     ran: list[str] = []
 
     async def hangs() -> None:
@@ -22,11 +22,9 @@ async def test_a_hanging_step_is_cut_at_the_deadline_and_the_next_still_runs() -
     async def closes() -> None:
         ran.append("closes")
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 0.2
     outcomes = []
     async with asyncio.timeout(5):
         for step, close in (("bus", hangs), ("events", fails), ("database", closes)):
-            outcomes.append(await _bounded_close(step, close, deadline))
+            outcomes.append(await _bounded_close(step, close, 0.2))
     assert ran == ["hangs", "fails", "closes"]
     assert outcomes == ["timeout", "failed", "closed"]  # each also logged with its step
