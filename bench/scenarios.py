@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+from demo import CHANNEL, PUBLISHER_USER, SUBSCRIBER_USER, token
 from publisher import Publisher, PublishStats
 from report import merge_reports
 from servers import (
@@ -25,12 +26,7 @@ from servers import (
     ShardProcess,
     histogram_p99_ms,
     scrape_histograms,
-    token,
 )
-
-CHANNEL = "institution:northwood:classroom:nw-math-101"
-PUBLISHER_USER = "nw-ada"  # teacher of nw-math-101: may publish there
-SUBSCRIBER_USER = "nw-cy"  # student of nw-math-101: may subscribe
 
 
 @dataclass

@@ -30,35 +30,12 @@ from typing import Any
 
 import asyncpg
 import psutil
-
-from api.auth import TokenService
-from db.seed import DEMO
-from streams.acl import Role
+from demo import SECRET
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 NODE_DIR = BENCH / "node"
 NODE_SHARD = NODE_DIR / "shard.mjs"
-SECRET = "bench-fanout-secret-" + "s" * 40  # a throwaway HS256 key, loopback only
-TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
-
-
-def token(user_id: str, ttl: int = 3600) -> str:
-    """A real token for a demo user, with the claims the directory gives them."""
-    for inst in DEMO:
-        for user in inst.users:
-            if user.id == user_id:
-                return str(
-                    TOKENS.mint(
-                        sub=user.id,
-                        role=Role(user.role),
-                        institution=inst.id,
-                        departments=user.departments,
-                        classrooms=user.classrooms,
-                        ttl_seconds=ttl,
-                    )
-                )
-    raise KeyError(user_id)
 
 
 def free_port() -> int:

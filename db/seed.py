@@ -6,6 +6,7 @@ Idempotent: rows are merged by primary key, so running it twice changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from db.engine import Sessions
 from db.models import Classroom, Department, Institution, User
@@ -67,6 +68,25 @@ DEMO: tuple[DemoInstitution, ...] = (
         ),
     ),
 )
+
+
+def demo_claims(user_id: str) -> dict[str, Any]:
+    """The token claims the directory gives a demo user, as ``TokenService.mint``
+    keyword arguments: tests and benchmarks mint their tokens from this, so the
+    tokens they use are the ones a user of the README tour would get."""
+    from streams.acl import Role  # the seed itself needs no ACL
+
+    for inst in DEMO:
+        for user in inst.users:
+            if user.id == user_id:
+                return {
+                    "sub": user.id,
+                    "role": Role(user.role),
+                    "institution": inst.id,
+                    "departments": user.departments,
+                    "classrooms": user.classrooms,
+                }
+    raise KeyError(user_id)
 
 
 async def seed_demo(sessions: Sessions) -> int:

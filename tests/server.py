@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 
 from api.auth import TokenService
-from db.seed import DEMO
-from streams.acl import Role
+from db.seed import demo_claims
 from tests.services import free_port
 
 SECRET = "edumatrix-test-secret-" + "k" * 40
@@ -23,18 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def token(user_id: str, *, ttl: int = 600) -> str:
     """A token for a demo user, with the claims the directory gives them."""
-    for inst in DEMO:
-        for user in inst.users:
-            if user.id == user_id:
-                return TOKENS.mint(
-                    sub=user.id,
-                    role=Role(user.role),
-                    institution=inst.id,
-                    departments=user.departments,
-                    classrooms=user.classrooms,
-                    ttl_seconds=ttl,
-                )
-    raise KeyError(user_id)
+    return TOKENS.mint(**demo_claims(user_id), ttl_seconds=ttl)
 
 
 def base_env(workdir: Path, **settings: str) -> dict[str, str]:

@@ -1,0 +1,49 @@
+"""bench/publish_cost.py runs the real app end to end with the dev dependencies alone.
+
+It is the tool for comparing the cost of a publish between two versions of the
+code; if it rots (an import that needs the bench extra, an app change it does not
+follow), the next person chasing the publish target finds out here, not mid-study.
+No timing is asserted: only that every publish was answered with its id (the tool
+exits non-zero otherwise), that the rounds were measured, and that concurrent
+publishes shared group commits as they do in the server.
+"""
+
+from __future__ import annotations
+
+import json
+import pstats
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / "bench" / "publish_cost.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(TOOL), "--count", "48", "--rounds", "2", "--warmup", "8", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=REPO,
+    )
+
+
+def test_publish_cost_measures_real_publishes(tmp_path: Path) -> None:
+    profile = tmp_path / "publish.prof"
+    done = run("--json", "--profile", str(profile))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert [r["profiled"] for r in result["rounds"]] == [True, False]
+    assert result["cpu_us_per_publish_min"] > 0
+    # 8 publishers at a time: the group commit must have batched them.
+    assert all(r["rows_per_batch"] > 1 for r in result["rounds"])
+    names = {func[2] for func in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
+    assert "publish_announcement" in names  # the profile is of the resolver's work
+
+
+def test_publish_cost_refuses_nonsense_arguments() -> None:
+    done = run("--count", "0")
+    assert done.returncode == 2
+    assert "--count" in done.stderr
