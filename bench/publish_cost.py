@@ -27,7 +27,6 @@ import cProfile
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,30 +36,10 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from demo import CHANNEL, PUBLISHER_USER, SECRET, token  # noqa: E402
+from demo import CHANNEL, PUBLISHER_USER, migrate_and_seed, server_env, token  # noqa: E402
 from publisher import BODY, MUTATION  # noqa: E402
 
 Message = dict[str, Any]
-
-
-def prepare(workdir: Path) -> dict[str, str]:
-    """A fresh embedded database, migrated and seeded by the CLI as a user would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
-    env.update(
-        EDUMATRIX_JWT_SECRET=SECRET,
-        EDUMATRIX_DATA_DIR=str(workdir / ".edumatrix"),
-        EDUMATRIX_LOG_LEVEL="WARNING",
-    )
-    for step in ("migrate", "seed-demo"):
-        subprocess.run(
-            [sys.executable, "-m", "api", step],
-            env={**env, "PYTHONPATH": str(BENCH.parent)},
-            cwd=workdir,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    return env
 
 
 class Driver:
@@ -172,7 +151,9 @@ def main() -> int:
     if min(args.count, args.rounds, args.concurrency) < 1 or args.count > 100_000:
         parser.error("--count (1..100000), --rounds and --concurrency must be positive")
     with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
-        os.environ.update(prepare(Path(tmp)))
+        env = server_env(Path(tmp))
+        migrate_and_seed(env, Path(tmp))
+        os.environ.update(env)  # the app in this process reads its settings from here
         import uvloop
 
         result = uvloop.run(measure(args))

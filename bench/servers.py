@@ -30,10 +30,9 @@ from typing import Any
 
 import asyncpg
 import psutil
-from demo import SECRET
+from demo import migrate_and_seed, server_env
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 NODE_DIR = BENCH / "node"
 NODE_SHARD = NODE_DIR / "shard.mjs"
 
@@ -194,13 +193,7 @@ class Server:
                   file=sys.stderr)  # fmt: skip
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
-        env.update(
-            EDUMATRIX_JWT_SECRET=SECRET,
-            EDUMATRIX_DATA_DIR=str(self.workdir / ".edumatrix"),
-            EDUMATRIX_LOG_LEVEL="WARNING",  # no per-request access log in either server
-            PYTHONPATH=str(REPO),
-        )
+        env = server_env(self.workdir)  # the baseline reads the same secret and log level
         if self.redis_url:
             env["EDUMATRIX_REDIS_URL"] = self.redis_url
             env["EDUMATRIX_REDIS_PREFIX"] = f"bench{self.port}"
@@ -234,15 +227,7 @@ class Server:
             self._create_database()
         env = self._env()
         if self.kind == "ours":
-            for step in ("migrate", "seed-demo"):
-                subprocess.run(
-                    [sys.executable, "-m", "api", step],
-                    env=env,
-                    cwd=self.workdir,
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
+            migrate_and_seed(env, self.workdir)
         with (self.workdir / "server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 self._command(), env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
