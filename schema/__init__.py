@@ -32,6 +32,7 @@ from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import ApiError
 from schema.event_extension import EmitEvents
+from schema.inputs import plan_inputs
 from schema.notifications import Notification, NotifyResult
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 from schema.scalars import SCALAR_MAP
@@ -153,7 +154,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ),
         )
 
-    return strawberry.Schema(
+    schema = strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -173,3 +174,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             EmitEvents,
         ],
     )
+    plan_inputs(schema)  # input objects without Strawberry's per-field walk
+    return schema
