@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
+import secrets
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
@@ -50,7 +50,9 @@ class Event(BaseModel):
         alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
     )
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=ID)
+    # 128 random bits as 32 hex digits, like uuid4().hex, without building a UUID
+    # object (a third of the cost of an event, and the server builds two per publish).
+    id: str = Field(default_factory=lambda: secrets.token_hex(16), pattern=ID)
     type: str = Field(pattern=EVENT_TYPE)
     institution_id: str = Field(pattern=ID)
     user_id: str | None = Field(default=None, pattern=ID)
