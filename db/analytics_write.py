@@ -10,21 +10,24 @@ and applies nothing twice. SQLite (embedded mode, one process) ignores the lock.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.analytics_models import AlertFired, ConsumerOffset, EventMinute, EventUserMinute
 from db.engine import Sessions
 from streams.events import Event
 
 FAILED_LOGIN = "auth.failed"
+MINUTE_KEY = ("bucket", "institution_id", "type", "department_id", "classroom_id")
+USER_MINUTE_KEY = ("bucket", "institution_id", "type", "user_id")
 
 
 def minute(at: datetime) -> datetime:
@@ -67,9 +70,74 @@ class Applied:
     institutions: set[str] = field(default_factory=set)
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+class _Statements:
+    """The batch's statements, built once per dialect.
+
+    Why: SQLAlchemy memoizes a statement's cache key on the statement object, so
+    statements rebuilt per batch paid their construction, their cache key (over
+    every ``ON CONFLICT`` clause) and the ORM's bulk-update path each time: about
+    as much CPU as the database's own work for a batch of a publish flood's events.
+    Only the parameters change between batches, so they are bound parameters here,
+    executed as Core statements on the session's connection.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        offsets: Table = ConsumerOffset.__table__  # type: ignore[assignment]
+        self.claim_offsets = insert(offsets).on_conflict_do_nothing()
+        self.advance_offset = (
+            update(offsets)
+            .where(
+                offsets.c.group_id == bindparam("g"),
+                offsets.c.topic == bindparam("t"),
+                offsets.c.partition == bindparam("p"),
+            )
+            .values(
+                next_offset=bindparam("n"),
+                high_watermark=bindparam("hw"),
+                latency_ms=bindparam("lat"),
+                updated_at=func.now(),
+            )
+        )
+        minutes: Table = EventMinute.__table__  # type: ignore[assignment]
+        upsert = insert(minutes)
+        self.add_minutes = upsert.on_conflict_do_update(
+            index_elements=list(MINUTE_KEY),
+            set_={
+                "count": minutes.c.count + upsert.excluded.count,
+                "errors": minutes.c.errors + upsert.excluded.errors,
+            },
+        )
+        users: Table = EventUserMinute.__table__  # type: ignore[assignment]
+        upsert = insert(users)
+        self.add_user_minutes = upsert.on_conflict_do_update(
+            index_elements=list(USER_MINUTE_KEY),
+            set_={"count": users.c.count + upsert.excluded.count},
+        )
+        alerts: Table = AlertFired.__table__  # type: ignore[assignment]
+        self.record_alert = insert(alerts).on_conflict_do_nothing()
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)
+
+
+@functools.lru_cache(maxsize=64)
+def _lock_offsets_select(partitions: int) -> Any:
+    """``SELECT … FOR UPDATE`` of the group's rows for ``partitions`` (topic,
+    partition) pairs, bound as ``g``, ``t0``/``p0``, ``t1``/``p1``…"""
+    offsets: Table = ConsumerOffset.__table__  # type: ignore[assignment]
+    keys = [
+        and_(offsets.c.topic == bindparam(f"t{i}"), offsets.c.partition == bindparam(f"p{i}"))
+        for i in range(partitions)
+    ]
+    return (
+        select(offsets.c.topic, offsets.c.partition, offsets.c.next_offset)
+        .where(offsets.c.group_id == bindparam("g"), or_(*keys))
+        .order_by(offsets.c.topic, offsets.c.partition)  # one lock order: no deadlock
+        .with_for_update()
+    )
 
 
 async def apply_batch(
@@ -86,32 +154,36 @@ async def apply_batch(
     if not partitions:
         return result
     async with sessions() as session, session.begin():
-        stored = await _lock_offsets(session, group, partitions)
+        conn = await session.connection()
+        sql = _statements(conn.dialect.name)
+        stored = await _lock_offsets(conn, group, partitions)
         fresh = [r for r in records if r.offset >= stored[(r.topic, r.partition)]]
         result.skipped = len(records) - len(fresh)
         result.events = [r.event for r in fresh if r.event is not None]
-        await _add_aggregates(session, result.events)
+        await _add_aggregates(conn, result.events)
         latency = _max_latency_ms(result.events)
         ends: dict[tuple[str, int], int] = {}
         for r in fresh:
             key = (r.topic, r.partition)
             ends[key] = max(ends.get(key, 0), r.offset + 1)
-        for (topic, part), end in ends.items():
-            hw = (high_watermarks or {}).get((topic, part))
-            await session.execute(
-                update(ConsumerOffset)
-                .where(
-                    ConsumerOffset.group_id == group,
-                    ConsumerOffset.topic == topic,
-                    ConsumerOffset.partition == part,
-                )
-                .values(
-                    next_offset=end, high_watermark=hw, latency_ms=latency, updated_at=func.now()
-                )
+        if ends:
+            await conn.execute(
+                sql.advance_offset,
+                [
+                    {
+                        "g": group,
+                        "t": topic,
+                        "p": part,
+                        "n": end,
+                        "hw": (high_watermarks or {}).get((topic, part)),
+                        "lat": latency,
+                    }
+                    for (topic, part), end in sorted(ends.items())
+                ],
             )
         result.institutions = {e.institution_id for e in result.events}
         if thresholds is not None and result.events:
-            result.alerts = await _raise_alerts(session, result.events, thresholds)
+            result.alerts = await _raise_alerts(conn, result.events, thresholds)
     return result
 
 
@@ -129,24 +201,20 @@ async def stored_offsets(
 
 
 async def _lock_offsets(
-    session: AsyncSession, group: str, partitions: list[tuple[str, int]]
+    conn: AsyncConnection, group: str, partitions: list[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    table: Table = ConsumerOffset.__table__  # type: ignore[assignment]
     rows = [
         {"group_id": group, "topic": t, "partition": p, "next_offset": 0} for t, p in partitions
     ]
-    await session.execute(_insert(session, table).on_conflict_do_nothing(), rows)
-    keys = [tuple_(ConsumerOffset.topic, ConsumerOffset.partition) == (t, p) for t, p in partitions]
-    found = await session.execute(
-        select(ConsumerOffset.topic, ConsumerOffset.partition, ConsumerOffset.next_offset)
-        .where(ConsumerOffset.group_id == group, or_(*keys))
-        .order_by(ConsumerOffset.topic, ConsumerOffset.partition)  # one lock order: no deadlock
-        .with_for_update()
-    )
+    await conn.execute(_statements(conn.dialect.name).claim_offsets, rows)
+    params: dict[str, Any] = {"g": group}
+    for i, (topic, part) in enumerate(partitions):
+        params[f"t{i}"], params[f"p{i}"] = topic, part
+    found = await conn.execute(_lock_offsets_select(len(partitions)), params)
     return {(t, p): n for t, p, n in found}
 
 
-async def _add_aggregates(session: AsyncSession, events: list[Event]) -> None:
+async def _add_aggregates(conn: AsyncConnection, events: list[Event]) -> None:
     if not events:
         return
     counts: Counter[tuple[datetime, str, str, str, str]] = Counter()
@@ -160,37 +228,19 @@ async def _add_aggregates(session: AsyncSession, events: list[Event]) -> None:
             errors[key] += 1
         if e.user_id:
             users[(bucket, e.institution_id, e.type, e.user_id)] += 1
-    minutes = _insert(session, EventMinute.__table__)
-    await session.execute(
-        minutes.on_conflict_do_update(
-            index_elements=["bucket", "institution_id", "type", "department_id", "classroom_id"],
-            set_={
-                "count": EventMinute.__table__.c.count + minutes.excluded.count,
-                "errors": EventMinute.__table__.c.errors + minutes.excluded.errors,
-            },
-        ),
+    sql = _statements(conn.dialect.name)
+    await conn.execute(
+        sql.add_minutes,
         [
-            dict(
-                zip(
-                    ("bucket", "institution_id", "type", "department_id", "classroom_id"),
-                    k,
-                    strict=True,
-                )
-            )
-            | {"count": n, "errors": errors[k]}
+            dict(zip(MINUTE_KEY, k, strict=True)) | {"count": n, "errors": errors[k]}
             for k, n in sorted(counts.items())  # sorted: concurrent upserts lock in one order
         ],
     )
     if users:
-        per_user = _insert(session, EventUserMinute.__table__)
-        await session.execute(
-            per_user.on_conflict_do_update(
-                index_elements=["bucket", "institution_id", "type", "user_id"],
-                set_={"count": EventUserMinute.__table__.c.count + per_user.excluded.count},
-            ),
+        await conn.execute(
+            sql.add_user_minutes,
             [
-                dict(zip(("bucket", "institution_id", "type", "user_id"), k, strict=True))
-                | {"count": n}
+                dict(zip(USER_MINUTE_KEY, k, strict=True)) | {"count": n}
                 for k, n in sorted(users.items())
             ],
         )
@@ -204,13 +254,13 @@ def _max_latency_ms(events: list[Event]) -> float | None:
 
 
 async def _raise_alerts(
-    session: AsyncSession, events: list[Event], limits: Thresholds
+    conn: AsyncConnection, events: list[Event], limits: Thresholds
 ) -> list[Alert]:
     """Check the rules on the minutes this batch touched; record each alert once."""
     candidates: list[Alert] = []
     error_keys = {(e.institution_id, minute(e.occurred_at)) for e in events if e.is_error}
     for inst, bucket in sorted(error_keys):
-        total = await session.scalar(
+        total = await conn.scalar(
             select(func.coalesce(func.sum(EventMinute.errors), 0)).where(
                 EventMinute.institution_id == inst, EventMinute.bucket == bucket
             )
@@ -232,7 +282,7 @@ async def _raise_alerts(
         if e.type == FAILED_LOGIN and e.user_id
     }
     for inst, user, bucket in sorted(login_keys, key=str):
-        failed = await session.scalar(
+        failed = await conn.scalar(
             select(EventUserMinute.count).where(
                 and_(
                     EventUserMinute.institution_id == inst,
@@ -247,9 +297,8 @@ async def _raise_alerts(
             candidates.append(Alert(inst, "failed_logins", str(user), bucket, failed or 0, limit))
     raised: list[Alert] = []
     for alert in candidates:
-        stmt = _insert(session, AlertFired.__table__).on_conflict_do_nothing()
-        done = await session.execute(
-            stmt,
+        done = await conn.execute(
+            _statements(conn.dialect.name).record_alert,
             {
                 "institution_id": alert.institution_id,
                 "rule": alert.rule,
