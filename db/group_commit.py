@@ -133,13 +133,10 @@ class AnnouncementWriter:
             if conn.dialect.name == "sqlite":
                 ids = await _sqlite_insert(conn, values)
             else:  # batched by SQLAlchemy's sentinel-ordered "insertmanyvalues"
-                result = await conn.execute(
-                    insert(Announcement).returning(Announcement.id, sort_by_parameter_order=True),
-                    values,
-                )
+                result = await conn.execute(_INSERT_RETURNING, values)
                 ids = list(result.scalars())
             audit = [_audit(r, i, now) for r, i in zip(rows, ids, strict=True)]
-            await conn.execute(insert(AuditEntry), audit)
+            await conn.execute(_INSERT_AUDIT, audit)
         return [
             StoredAnnouncement(
                 id=i,
@@ -156,6 +153,10 @@ class AnnouncementWriter:
 
 
 _CHECKED = ("channel", "author_id", "title", "body")
+# Built once: SQLAlchemy memoizes a statement's cache key on the object, so a
+# statement rebuilt per batch paid its construction and its cache key every time.
+_INSERT_RETURNING = insert(Announcement).returning(Announcement.id, sort_by_parameter_order=True)
+_INSERT_AUDIT = insert(AuditEntry)
 
 
 async def _sqlite_insert(conn: AsyncConnection, values: list[dict[str, Any]]) -> list[int]:
