@@ -51,13 +51,7 @@ class Envelope:
 
 def encode_body(channel: str, kind: str, data: Mapping[str, Any]) -> str:
     """The envelope's non-positional fields, as a JSON object missing its ``{``."""
-    text = json.dumps(
-        {"channel": channel, "kind": kind, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=_json_default,
-    )
-    return text[1:]
+    return _BODY.encode({"channel": channel, "kind": kind, "data": data})[1:]
 
 
 def assemble(offset: int, epoch: str, published_at_ms: int, body: str) -> str:
@@ -84,3 +78,8 @@ def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
     raise TypeError(f"cannot encode {type(value).__name__} in an envelope")
+
+
+# One encoder for every publish: json.dumps with non-default arguments builds one
+# per call.
+_BODY = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
