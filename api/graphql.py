@@ -127,7 +127,7 @@ class GraphQLView(GraphQL[Context, None]):
                 if replay is None:
                     return
                 receive = replay
-            self.metrics.http_operations.labels(path="strawberry").inc()
+            self.metrics.http_strawberry.inc()
             await super().__call__(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)

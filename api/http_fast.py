@@ -97,7 +97,7 @@ class FastHTTP:
         response: dict[str, Any] = {"data": data}
         if errors:
             response["errors"] = [masked(e).formatted for e in errors]
-        self._metrics.http_operations.labels(path="fast").inc()
+        self._metrics.http_fast.inc()
         await Response(COMPACT_JSON.encode(response), media_type="application/json")(
             scope, receive, send
         )

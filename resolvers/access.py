@@ -62,4 +62,4 @@ async def publish_stored(
             f"{stored} was saved but could not be delivered live ({exc.__class__.__name__}); "
             "do not retry: subscribers will find it through the queries"
         ) from exc
-    ctx.services.metrics.published.labels(kind=kind).inc()
+    ctx.services.metrics.published_kind(kind).inc()
