@@ -47,3 +47,36 @@ def test_publish_cost_refuses_nonsense_arguments() -> None:
     done = run("--count", "0")
     assert done.returncode == 2
     assert "--count" in done.stderr
+
+
+def test_execute_cost_runs_the_publish_documents_shape() -> None:
+    """bench/execute_cost.py measures the real mutation's shape: its mutation field
+    must print as the schema's does, and the tool must run and report both numbers."""
+    from graphql import print_type
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import execute_cost
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from api.settings import Settings
+    from schema import build_schema
+
+    real = build_schema(Settings(jwt_secret="s" * 40))._schema
+    mirror = execute_cost.SCHEMA._schema
+    for name in ("PublishAnnouncementInput", "Priority"):
+        assert print_type(mirror.type_map[name]) == print_type(real.type_map[name])
+    fields = [s.mutation_type.fields["publishAnnouncement"] for s in (mirror, real)]  # type: ignore[union-attr]
+    assert [(str(f.type), {n: str(a.type) for n, a in f.args.items()}) for f in fields] == [
+        ("Announcement!", {"input": "PublishAnnouncementInput!"})
+    ] * 2
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "execute_cost.py"), "--count", "50", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "executor overhead:" in done.stdout

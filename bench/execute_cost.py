@@ -1,0 +1,139 @@
+"""What graphql-core and Strawberry add to one mutation, apart from its resolver.
+
+Why: profilers over the whole publish attribute to graphql-core's frames every
+resumption of the resolver's coroutine (each ``await`` inside the resolver wakes
+up through them), so they overstate the executor. This runs the publish
+document (the schema's own ``PublishAnnouncementInput``, an object with an ``id``
+back) against a resolver that does nothing, once through graphql-core's
+``execute`` exactly as ``api/http_fast.py`` calls it (cached document, Strawberry's
+execution context, the schema's input plans) and once as a direct call of the
+same resolver with the input built by hand. The difference is the most a compiled
+plan for cached documents could save per operation.
+
+    taskset -c 0 .venv/bin/python bench/execute_cost.py [--count N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import strawberry
+from graphql import execute, parse, validate
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema._graphql_core import execution_context_class_kwargs
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+from publisher import MUTATION  # noqa: E402
+
+from schema.announcements import Priority, PublishAnnouncementInput  # noqa: E402
+from schema.inputs import plan_inputs  # noqa: E402
+
+
+@strawberry.type
+class Announcement:
+    id: strawberry.ID
+    title: str
+
+
+async def publish(input: PublishAnnouncementInput) -> Announcement:
+    return Announcement(id=strawberry.ID("1"), title=input.title)
+
+
+@strawberry.type
+class Query:
+    ok: bool = True
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def publish_announcement(self, input: PublishAnnouncementInput) -> Announcement:
+        return await publish(input)
+
+
+SCHEMA = strawberry.Schema(query=Query, mutation=Mutation)
+plan_inputs(SCHEMA)
+DOCUMENT = parse(MUTATION)
+if errors := validate(SCHEMA._schema, DOCUMENT):
+    raise SystemExit(f"the publish document does not validate here: {errors}")
+EXECUTOR = execution_context_class_kwargs(SCHEMA.execution_context_class)
+
+
+def variables(seq: int) -> dict[str, Any]:
+    return {
+        "input": {
+            "channel": "institution:northwood:classroom:nw-math-101",
+            "title": f"cost|{seq}",
+            "body": "b" * 64,
+            "priority": "NORMAL",
+        }
+    }
+
+
+async def through_graphql(count: int) -> None:
+    for seq in range(count):
+        result: Any = execute(
+            SCHEMA._schema,
+            DOCUMENT,
+            variable_values=variables(seq),
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+            **EXECUTOR,
+        )
+        if optimized_is_awaitable(result):
+            result = await result
+        if result.errors or result.data != {"publishAnnouncement": {"id": "1"}}:
+            raise SystemExit(f"unexpected result: {result}")
+
+
+async def direct(count: int) -> None:
+    for seq in range(count):
+        given = variables(seq)["input"]
+        built = PublishAnnouncementInput(
+            channel=given["channel"],
+            title=given["title"],
+            body=given["body"],
+            priority=Priority[given["priority"]],  # GraphQL sends the name
+        )
+        announcement = await publish(built)
+        data = {"publishAnnouncement": {"id": announcement.id}}
+        if data["publishAnnouncement"]["id"] != "1":
+            raise SystemExit(f"unexpected result: {data}")
+
+
+async def cpu_us(run: Callable[[int], Awaitable[None]], count: int) -> float:
+    await run(max(count // 10, 1))  # warm-up
+    started = time.process_time()
+    await run(count)
+    return (time.process_time() - started) / count * 1e6
+
+
+async def measure(count: int, rounds: int) -> dict[str, float]:
+    graphql = [await cpu_us(through_graphql, count) for _ in range(rounds)]
+    plain = [await cpu_us(direct, count) for _ in range(rounds)]
+    return {"graphql_us": min(graphql), "direct_us": min(plain)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=5000, help="operations per round")
+    parser.add_argument("--rounds", type=int, default=3, help="the minimum is reported")
+    args = parser.parse_args()
+    found = asyncio.run(measure(args.count, args.rounds))
+    print(
+        f"through graphql-core + Strawberry: {found['graphql_us']:.1f} us CPU per operation\n"
+        f"the resolver called directly:      {found['direct_us']:.1f} us CPU per operation\n"
+        f"executor overhead:                 {found['graphql_us'] - found['direct_us']:.1f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
