@@ -43,16 +43,17 @@ async def test_overlapping_batches_over_two_partitions_count_each_record_once(ur
         first = [record("a", 0, 0), record("a", 0, 1), record("b", 3, 0)]
         applied = await apply_batch(sessions, GROUP, first, thresholds=limits)
         assert (len(applied.events), applied.skipped) == (3, 0)
-        # a replay of all of it plus new records on both partitions and an error
+        # a replay of all of it, new records on both partitions (two errors), and a
+        # partition seen for the first time, starting past zero
         second = [*first, record("a", 0, 2), record("b", 3, 1, "error.internal")]
-        second.append(record("b", 3, 2, "error.internal"))
+        second += [record("b", 3, 2, "error.internal"), record("c", 1, 5)]
         applied = await apply_batch(
             sessions, GROUP, second, high_watermarks={("b", 3): 10}, thresholds=limits
         )
-        assert (len(applied.events), applied.skipped) == (3, 3)
+        assert (len(applied.events), applied.skipped) == (4, 3)
         assert [(a.rule, a.value) for a in applied.alerts] == [("errors_per_minute", 2)]
         again = await apply_batch(sessions, GROUP, second, thresholds=limits)
-        assert (len(again.events), again.skipped, again.alerts) == (0, 6, [])
+        assert (len(again.events), again.skipped, again.alerts) == (0, 7, [])
 
         async with sessions() as session:
             offsets = {
@@ -67,8 +68,8 @@ async def test_overlapping_batches_over_two_partitions_count_each_record_once(ur
                 r.type: r.count for r in (await session.scalars(select(EventUserMinute))).all()
             }
         # the third call applied nothing, so it left the offsets (and watermark) alone
-        assert offsets == {("a", 0): (3, None), ("b", 3): (3, 10)}
-        assert minutes == {"auth.login": (4, 0), "error.internal": (2, 2)}
-        assert users == {"auth.login": 4, "error.internal": 2}
+        assert offsets == {("a", 0): (3, None), ("b", 3): (3, 10), ("c", 1): (6, None)}
+        assert minutes == {"auth.login": (5, 0), "error.internal": (2, 2)}
+        assert users == {"auth.login": 5, "error.internal": 2}
     finally:
         await engine.dispose()
