@@ -47,7 +47,7 @@ def emit_operation_events(
         return
     if operation_type is OperationType.SUBSCRIPTION:
         return
-    codes = sorted({str((e.extensions or {}).get("code", "INTERNAL")) for e in errors or []})
+    codes = sorted({error_code(e) for e in errors or []})
     if operation_type is OperationType.MUTATION:
         outcome = "error" if errors else "ok"
         for name in _fields(document, operation_name):
@@ -57,6 +57,23 @@ def emit_operation_events(
     for code in codes:
         data = {"operation": operation_name or ""}
         emit(context.services, context.viewer, f"error.{code.lower()}", data)
+
+
+def error_code(error: GraphQLError) -> str:
+    """What an error is counted as: its own code; ``BAD_INPUT`` for GraphQL's own
+    check of the request (a variable of the wrong type, an unknown enum value: no
+    path, nothing but a GraphQLError behind it); else ``INTERNAL``.
+
+    Why not INTERNAL for all of them: ``error.internal`` feeds the errors/min
+    metric and its alert, which a client sending bad variables must not trip.
+    """
+    code = (error.extensions or {}).get("code")
+    if code is not None:
+        return str(code)
+    original = error.original_error
+    if error.path is None and (original is None or isinstance(original, GraphQLError)):
+        return "BAD_INPUT"
+    return "INTERNAL"
 
 
 def _fields(document: object, operation_name: str | None) -> list[str]:

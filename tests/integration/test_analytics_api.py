@@ -4,8 +4,12 @@ aggregator as Kafka, and only the institution's admins and services read it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.server import ServerProcess
 
@@ -61,3 +65,31 @@ def test_system_status_for_admins(embedded_server: ServerProcess) -> None:
     assert status["eventLog"] == "memory" and status["eventsEmitted"] > 0
     assert [c["topic"] for c in status["consumers"]] == ["memory"]
     assert codes(embedded_server.graphql(query, as_user="nw-cy")) == ["FORBIDDEN"]
+
+
+@pytest.mark.parametrize("fast", ["true", "false"])
+def test_bad_variables_count_as_bad_input_not_internal_errors(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, fast: str
+) -> None:
+    """A client's bad variables must not feed error.internal (the errors/min alert);
+    the same on the HTTP fast path and on Strawberry's."""
+    server = make_server(data_dir=str(tmp_path / fast), http_fast_path=fast)
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    publish = "mutation($i: PublishAnnouncementInput!) { publishAnnouncement(input: $i) { id } }"
+    given = {"channel": "institution:northwood:classroom:nw-math-101", "title": "t", "body": "b"}
+    bogus = server.graphql(publish, {"i": {**given, "priority": "BOGUS"}}, as_user="nw-ada")
+    assert bogus["data"] is None and "BOGUS" in bogus["errors"][0]["message"]
+    denied = server.graphql(publish, {"i": given}, as_user="nw-cy")  # a student
+    assert codes(denied) == ["FORBIDDEN"]
+    variables: dict[str, object] = {"i": "northwood", **window()}
+    top: dict[str, int] = {}
+    for _ in range(50):
+        result = server.graphql(SERIES, variables, as_user="nw-admin")
+        top = {c["key"]: c["count"] for c in result["data"]["topEvents"]}  # type: ignore[index]
+        if top.get("error.forbidden") and top.get("error.bad_input"):
+            break
+        time.sleep(0.1)
+    assert top.get("error.bad_input") == 1 and top.get("error.forbidden") == 1
+    assert "error.internal" not in top
