@@ -6,7 +6,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import strawberry
-from graphql import GraphQLError
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
     AddValidationRules,
@@ -30,7 +29,7 @@ from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
-from schema.errors import ApiError
+from schema.errors import masked, should_mask
 from schema.event_extension import EmitEvents
 from schema.inputs import plan_inputs
 from schema.notifications import Notification, NotifyResult
@@ -40,27 +39,7 @@ from schema.scalars import SCALAR_MAP
 if TYPE_CHECKING:
     from api.settings import Settings
 
-
-def should_mask(error: GraphQLError) -> bool:
-    """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
-    original = error.original_error
-    # A GraphQLError behind another is GraphQL's own input check (e.g. a variable
-    # holding an unknown enum value): meant for the client, so not masked.
-    return original is not None and not isinstance(original, ApiError | GraphQLError)
-
-
-def masked(error: GraphQLError) -> GraphQLError:
-    """What a client may see of ``error``: an unexpected exception becomes
-    "Unexpected error." at the same path and locations (as ``MaskErrors`` does)."""
-    if not should_mask(error):
-        return error
-    return GraphQLError(
-        "Unexpected error.",
-        nodes=error.nodes,
-        source=error.source,
-        positions=error.positions,
-        path=error.path,
-    )
+__all__ = ["build_schema", "limit_rules", "masked", "should_mask"]
 
 
 def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:

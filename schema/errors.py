@@ -2,8 +2,8 @@
 
 graphql-core copies an exception's ``extensions`` attribute into the error it
 reports, so raising one of these from a resolver is all it takes. Anything else
-that escapes a resolver is unexpected: it is logged and masked (see
-``schema.build_schema``).
+that escapes a resolver is unexpected: it is logged and masked (:func:`should_mask`
+below, which ``schema.build_schema`` and ``api.http_fast`` use).
 
     ApiError
     ├── Unauthenticated   UNAUTHENTICATED  no or bad credentials
@@ -19,6 +19,8 @@ that escapes a resolver is unexpected: it is logged and masked (see
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from graphql import GraphQLError
 
 
 class ApiError(Exception):
@@ -59,3 +61,25 @@ class ShuttingDown(ApiError):
 
 class Unavailable(ApiError):
     code = "UNAVAILABLE"
+
+
+def should_mask(error: GraphQLError) -> bool:
+    """Mask unexpected exceptions; keep our own errors and GraphQL's own checks."""
+    original = error.original_error
+    # A GraphQLError behind another is GraphQL's own input check (e.g. a variable
+    # holding an unknown enum value): meant for the client, so not masked.
+    return original is not None and not isinstance(original, ApiError | GraphQLError)
+
+
+def masked(error: GraphQLError) -> GraphQLError:
+    """What a client may see of ``error``: an unexpected exception becomes
+    "Unexpected error." at the same path and locations (as ``MaskErrors`` does)."""
+    if not should_mask(error):
+        return error
+    return GraphQLError(
+        "Unexpected error.",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+    )

@@ -14,6 +14,7 @@ from strawberry.types.graphql import OperationType
 
 from resolvers.emit import emit
 from schema.context import Context
+from schema.errors import should_mask
 
 NOT_EMITTED = frozenset({"trackActivity"})  # it emits the activity event itself
 
@@ -62,7 +63,7 @@ def emit_operation_events(
 def error_code(error: GraphQLError) -> str:
     """What an error is counted as: its own code; ``BAD_INPUT`` for GraphQL's own
     check of the request (a variable of the wrong type, an unknown enum value: no
-    path, nothing but a GraphQLError behind it); else ``INTERNAL``.
+    path, and nothing a client may not see, see ``should_mask``); else ``INTERNAL``.
 
     Why not INTERNAL for all of them: ``error.internal`` feeds the errors/min
     metric and its alert, which a client sending bad variables must not trip.
@@ -70,8 +71,7 @@ def error_code(error: GraphQLError) -> str:
     code = (error.extensions or {}).get("code")
     if code is not None:
         return str(code)
-    original = error.original_error
-    if error.path is None and (original is None or isinstance(original, GraphQLError)):
+    if error.path is None and not should_mask(error):
         return "BAD_INPUT"
     return "INTERNAL"
 
