@@ -119,3 +119,40 @@ def test_bad_row_fails_alone_sqlite(sqlite_url: str) -> None:
 
 def test_bad_row_fails_alone_postgres(migrated_pg: str) -> None:
     asyncio.run(check_bad_row_fails_alone(migrated_pg))
+
+
+async def check_failed_audit_rolls_back_its_announcement(url: str) -> None:
+    """A batch that fails after its announcements are inserted leaves none behind.
+
+    The audit insert is the second statement of a batch; a trigger makes it fail for
+    one row, so the batch's first statement has already inserted every announcement
+    when the error comes. The batch must roll back as a whole and the retry store
+    the good rows once each and the bad one not at all.
+    """
+    engine = create_engine(url)
+    writer = AnnouncementWriter(engine)
+    boom = "institution:northwood:classroom:boom"
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER audit_boom BEFORE INSERT ON audit_log "
+                f"WHEN NEW.target = '{boom}' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        calls = [writer.create(new(i)) for i in range(4)]
+        calls.insert(2, writer.create(new(99, channel=boom)))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[2], IntegrityError), results[2]
+        assert "boom" in str(results[2])
+        assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
+        async with engine.connect() as conn:
+            titles = sorted((await conn.scalars(select(Announcement.title))).all())
+            audited = len((await conn.execute(select(AuditEntry))).all())
+        assert titles == [f"title {i}" for i in range(4)]
+        assert audited == 4
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+def test_failed_audit_rolls_back_its_announcement_sqlite(sqlite_url: str) -> None:
+    asyncio.run(check_failed_audit_rolls_back_its_announcement(sqlite_url))
