@@ -80,3 +80,41 @@ def test_execute_cost_runs_the_publish_documents_shape() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "executor overhead:" in done.stdout
+
+
+def test_group_commit_cost_writes_every_batch_size() -> None:
+    """bench/group_commit_cost.py writes real batches; one line per size asked for."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "group_commit_cost.py"), "--sizes", "1", "3",
+         "--batches", "20", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["batch of   1", "batch of   3"]
+    assert all("µs CPU per batch" in line for line in lines)
+
+
+def test_publish_rate_alternates_two_trees(tmp_path: Path) -> None:
+    """bench/publish_rate.py runs a real server from each tree in turn.
+
+    The same tree twice stands in for two worktrees; a directory that is not a
+    source tree is refused before any server starts.
+    """
+    tool = str(REPO / "bench" / "publish_rate.py")
+    done = subprocess.run(
+        [sys.executable, tool, "--tree", str(tmp_path), "--pairs", "1"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode != 0 and "not a source tree" in done.stderr
+    done = subprocess.run(
+        [sys.executable, tool, "--tree", str(REPO), "--tree", ".", "--pairs", "1",
+         "--seconds", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rounds = [line for line in done.stdout.splitlines() if line.startswith("round 1 ")]
+    assert len(rounds) == 2 and all("publishes/s" in line for line in rounds)
