@@ -9,7 +9,9 @@ errors, emit events, encode. That is what this does, with the same pieces:
 - the document comes from :class:`api.plan.Planner`, which parses and validates
   with the same token limit and rules as the schema's extensions, cached;
 - execution is graphql-core's ``execute`` with Strawberry's execution context
-  class, as Strawberry calls it;
+  class, as Strawberry calls it, or for the one-root-field shape most requests
+  have (a publish among them), :mod:`api.direct`, which does the same with
+  graphql-core's and Strawberry's pieces but without the generic executor;
 - errors are logged by the schema's ``process_errors`` (Strawberry's logger),
   events are emitted by the function the ``EmitEvents`` extension uses, and errors
   are masked by :func:`schema.masked` (the ``MaskErrors`` predicate and message),
@@ -97,7 +99,7 @@ class FastHTTP:
         response: dict[str, Any] = {"data": data}
         if errors:
             response["errors"] = [masked(e).formatted for e in errors]
-        self._metrics.http_fast.inc()
+        (self._metrics.http_fast if prepared.direct is None else self._metrics.http_direct).inc()
         await Response(COMPACT_JSON.encode(response), media_type="application/json")(
             scope, receive, send
         )
@@ -107,6 +109,10 @@ class FastHTTP:
         self, prepared: PlannedRequest, context: Context
     ) -> tuple[dict[str, Any] | None, list[GraphQLError]]:
         try:
+            if prepared.direct is not None:
+                return await prepared.direct.execute(
+                    self._schema._schema, context, prepared.variables, prepared.extensions
+                )
             result = execute(
                 self._schema._schema,
                 prepared.document,

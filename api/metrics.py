@@ -53,7 +53,8 @@ class Metrics:
         )
         self.http_operations = Counter(
             "edumatrix_http_operations_total",
-            "GraphQL HTTP requests, by who executed them (fast: api/http_fast.py)",
+            "GraphQL HTTP requests, by who executed them (fast: api/http_fast.py with "
+            "graphql-core's executor; direct: api/http_fast.py with api/direct.py)",
             ["path"],
             registry=r,
         )
@@ -67,6 +68,7 @@ class Metrics:
         # Children bound once: labels() costs ~4 us per call (argument checks and a
         # lock), paid on every request; and both series exist from the start.
         self.http_fast = self.http_operations.labels(path="fast")
+        self.http_direct = self.http_operations.labels(path="direct")
         self.http_strawberry = self.http_operations.labels(path="strawberry")
         self.slow_subscribers = Counter(
             "edumatrix_slow_subscribers_dropped_total",

@@ -34,6 +34,7 @@ from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.language import VariableNode
 from graphql.validation import ASTValidationRule
 
+from api.direct import DirectOperation, plan_operation
 from schema.context import Context
 
 # Fields of ChannelEvent (and below) whose value depends on who is looking.
@@ -70,6 +71,7 @@ class Request:
     operation_name: str | None
     variables: dict[str, Any]
     extensions: dict[str, Any] | None
+    direct: DirectOperation | None = None  # api.direct's plan, when it has one
 
 
 class _Collect(Visitor):
@@ -101,6 +103,7 @@ class Planner:
         self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
         self._shaped = lru_cache(maxsize=1024)(self._shape)
         self._planned = lru_cache(maxsize=4096)(self._plan)
+        self._direct = lru_cache(maxsize=1024)(self._plan_direct)
 
     def _parse_and_validate(self, query: str) -> tuple[str, DocumentNode] | None:
         """The document, and the query text it was made from: that one string then
@@ -139,7 +142,28 @@ class Planner:
         request = self._request(payload)
         if request is None or request.operation.operation is OperationType.SUBSCRIPTION:
             return None
-        return request
+        direct = self._direct(request.query, request.operation_name)
+        if direct is None:
+            return request
+        return Request(
+            request.query,
+            request.document,
+            request.operation,
+            request.operation_name,
+            request.variables,
+            request.extensions,
+            direct,
+        )
+
+    def _plan_direct(self, query: str, operation_name: str | None) -> DirectOperation | None:
+        """Once per cached document and operation: whether ``api.direct`` runs it."""
+        checked = self._checked(query)
+        if checked is None:
+            return None
+        operation = get_operation_ast(checked[1], operation_name)
+        if operation is None:
+            return None
+        return plan_operation(self._schema, checked[1], operation)
 
     def plan(self, payload: object) -> Plan | None:
         """The plan of a subscribe payload; equal payloads share one plan.

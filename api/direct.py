@@ -1,0 +1,285 @@
+"""One-field operations of cached documents, executed without graphql-core's executor.
+
+Why: after parsing and validation were cached, graphql-core's generic executor was
+the largest part of a publish left: ~67 µs of CPU per operation on the 2026-12-02
+machine around a resolver of ~1 µs (``bench/execute_cost.py``), most of it the
+machinery for what a publish never has (incremental delivery, abort signals,
+several root fields, fragments, lists, abstract types). The common request of a
+service or a frontend has one root field whose result is an object of scalars:
+``publishAnnouncement(input: …) { id title … __typename }``. For exactly that shape
+this does what graphql-core does, with graphql-core's and Strawberry's own pieces:
+
+- variables are coerced by graphql-core's ``get_variable_values`` and arguments by
+  its ``get_argument_values`` (the same errors, word for word);
+- the root field is resolved by the schema's own resolve function, i.e.
+  Strawberry's wrapper (permissions, field extensions, argument conversion, the
+  ``Info`` it builds from the resolve info given here);
+- the result is completed as graphql-core's ``complete_value`` would: the
+  ``is_type_of`` check, leaf serialization by the type's ``coerce_output_value``,
+  null checks of non-null fields, errors located at their path, a non-null
+  field's error nulling its parent.
+
+Anything else (a second root field, fragments, directives, nested objects, lists,
+abstract types, a field with a resolver of its own below the root, introspection)
+gets no plan and goes through graphql-core as before. ``api/http_fast.py`` uses a
+plan when there is one; ``tests/integration/test_http_fast.py`` requires status and
+body equal to Strawberry's own path for every case it sends, success and error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLLeafType,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    is_leaf_type,
+    located_error,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.pyutils import Path, Undefined, inspect
+from graphql.type.definition import GraphQLResolveInfoHelpers
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema.schema import _OperationContextAwareGraphQLResolveInfo
+
+Result = tuple[dict[str, Any] | None, list[GraphQLError]]
+TYPENAME = "__typename"
+MAX_COERCION_ERRORS = 50  # graphql-core's execute default
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """One scalar or enum field of the root field's object (or ``__typename``)."""
+
+    key: str  # the response key: the alias, else the field name
+    name: str
+    nodes: list[FieldNode]
+    type: GraphQLLeafType | None  # None for __typename
+    non_null: bool
+    resolve: Callable[..., Any] | None  # Strawberry's basic-field getter
+
+
+@dataclass(frozen=True, slots=True)
+class DirectOperation:
+    """How to execute one operation of one cached document (see the module doc)."""
+
+    operation: OperationDefinitionNode
+    parent: GraphQLObjectType  # Query or Mutation
+    field: GraphQLField
+    nodes: list[FieldNode]
+    key: str
+    object_type: GraphQLObjectType
+    non_null: bool
+    leaves: tuple[_Leaf, ...]
+
+    async def execute(
+        self,
+        schema: GraphQLSchema,
+        context: Any,
+        variables: dict[str, Any],
+        extensions: dict[str, Any] | None,
+    ) -> Result:
+        """(data, errors) as graphql-core's ``execute`` would give them."""
+        coerced = get_variable_values(
+            schema,
+            self.operation.variable_definitions or (),
+            variables,
+            max_errors=MAX_COERCION_ERRORS,
+        )
+        if isinstance(coerced, list):
+            return None, coerced
+        errors: list[GraphQLError] = []
+        pending: list[Awaitable[Any]] = []
+        path = Path(None, self.key, self.parent.name)
+        field_name = self.nodes[0].name.value
+        info = _OperationContextAwareGraphQLResolveInfo(
+            field_name,
+            self.nodes,
+            self.field.type,
+            self.parent,
+            path,
+            schema,
+            {},  # no fragments in a planned document
+            None,  # root value, as http_fast passes it
+            self.operation,
+            coerced.coerced,
+            context,
+            optimized_is_awaitable,
+            None,  # no abort signal, as http_fast runs graphql-core
+            GraphQLResolveInfoHelpers(gather=_gather, track=pending.extend),
+            extensions,  # type: ignore[arg-type]  # None when the request has none, as there
+        )
+        try:
+            node = self.nodes[0]
+            args = (
+                get_argument_values(self.field, node, coerced)
+                if self.field.args or node.arguments
+                else {}
+            )
+            assert self.field.resolve is not None  # checked when planned
+            result = self.field.resolve(None, info, **args)
+            if optimized_is_awaitable(result):
+                result = await result
+            value = await self._complete(result, info, path, errors)
+        except Exception as raw:
+            errors.append(located_error(raw, self.nodes, path.as_list()))
+            value = None
+            if self.non_null:
+                await _settle(pending)
+                return None, errors
+        await _settle(pending)
+        return {self.key: value}, errors
+
+    async def _complete(
+        self, result: Any, info: Any, path: Path, errors: list[GraphQLError]
+    ) -> dict[str, Any] | None:
+        if _absent(result, self.non_null, self.parent, info.field_name):
+            return None
+        is_type_of = self.object_type.is_type_of
+        if is_type_of is not None:
+            matches: Any = is_type_of(result, info)
+            if optimized_is_awaitable(matches):
+                matches = await matches
+            if not matches:
+                raise GraphQLError(
+                    f"Expected value of type '{self.object_type}' but got: {inspect(result)}.",
+                    self.nodes,
+                )
+        completed: dict[str, Any] = {}
+        for leaf in self.leaves:
+            if leaf.type is None:
+                completed[leaf.key] = self.object_type.name
+                continue
+            leaf_path = Path(path, leaf.key, self.object_type.name)
+            try:
+                completed[leaf.key] = await self._leaf(leaf, result)
+            except Exception as raw:
+                error = located_error(raw, leaf.nodes, leaf_path.as_list())
+                if leaf.non_null:
+                    raise error from None
+                errors.append(error)
+                completed[leaf.key] = None
+        return completed
+
+    async def _leaf(self, leaf: _Leaf, source: Any) -> Any:
+        assert leaf.resolve is not None and leaf.type is not None
+        value = leaf.resolve(source, None)  # a basic field's getter ignores info
+        if optimized_is_awaitable(value):
+            value = await value
+        if _absent(value, leaf.non_null, self.object_type, leaf.name):
+            return None
+        coerced = leaf.type.coerce_output_value(value)
+        if coerced is Undefined or coerced is None:
+            raise TypeError(
+                f"Expected `{inspect(leaf.type)}.coerce_output_value({inspect(value)})` to"
+                f" return non-nullable value, returned: {inspect(coerced)}"
+            )
+        return coerced
+
+
+def _absent(value: Any, non_null: bool, parent: GraphQLObjectType, field: str) -> bool:
+    """graphql-core's first steps in completing a value: an exception returned is
+    raised, a null refused for a non-null field; True when the value is null."""
+    if isinstance(value, Exception):
+        raise value
+    if value is None:
+        if non_null:
+            raise TypeError(f"Cannot return null for non-nullable field {parent}.{field}.")
+        return True
+    return False
+
+
+def plan_operation(
+    schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode
+) -> DirectOperation | None:
+    """A plan for ``operation`` if it has the one shape this module executes."""
+    if len(document.definitions) != 1 or operation.directives:
+        return None
+    parent = {
+        OperationType.QUERY: schema.query_type,
+        OperationType.MUTATION: schema.mutation_type,
+    }.get(operation.operation)
+    selections = operation.selection_set.selections
+    if parent is None or len(selections) != 1 or not isinstance(selections[0], FieldNode):
+        return None
+    root = selections[0]
+    field = parent.fields.get(root.name.value)
+    if field is None or field.resolve is None or root.directives or root.selection_set is None:
+        return None
+    object_type = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    if not isinstance(object_type, GraphQLObjectType):
+        return None
+    leaves = _leaves(object_type, root.selection_set.selections)
+    if leaves is None:
+        return None
+    return DirectOperation(
+        operation=operation,
+        parent=parent,
+        field=field,
+        nodes=[root],
+        key=(root.alias or root.name).value,
+        object_type=object_type,
+        non_null=isinstance(field.type, GraphQLNonNull),
+        leaves=leaves,
+    )
+
+
+def _leaves(object_type: GraphQLObjectType, selections: Sequence[Any]) -> tuple[_Leaf, ...] | None:
+    """The object's selection as leaves, or None if any part needs graphql-core."""
+    leaves: list[_Leaf] = []
+    keys: set[str] = set()
+    for selection in selections:
+        if not isinstance(selection, FieldNode) or selection.directives or selection.arguments:
+            return None
+        name = selection.name.value
+        key = (selection.alias or selection.name).value
+        if key in keys:  # graphql-core merges repeated keys; not worth doing here
+            return None
+        keys.add(key)
+        if name == TYPENAME:
+            leaves.append(_Leaf(key, name, [selection], None, True, None))
+            continue
+        field = object_type.fields.get(name)
+        if field is None or name.startswith("__"):
+            return None
+        leaf_type = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+        # Only Strawberry's basic fields (plain attributes, no resolver, no
+        # extensions): their getter ignores the resolve info, so none is built.
+        if not is_leaf_type(leaf_type) or not getattr(field.resolve, "_is_default", False):
+            return None
+        assert isinstance(leaf_type, GraphQLLeafType)  # narrowed by is_leaf_type
+        non_null = isinstance(field.type, GraphQLNonNull)
+        leaves.append(_Leaf(key, name, [selection], leaf_type, non_null, field.resolve))
+    return tuple(leaves)
+
+
+async def _gather(awaitables: Sequence[Awaitable[Any]]) -> list[Any]:
+    """``info.async_helpers.gather``: all of them, the others cancelled on a failure."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _settle(pending: list[Awaitable[Any]]) -> None:
+    """Work a resolver registered with ``info.async_helpers.track`` finishes before
+    the answer, as graphql-core waits for it; its errors are not the field's."""
+    while pending:
+        batch = [a for a in pending if optimized_is_awaitable(a)]
+        pending.clear()
+        await asyncio.gather(*batch, return_exceptions=True)

@@ -1,0 +1,207 @@
+"""api.direct answers exactly what graphql-core's executor answers, errors included.
+
+The public schema cannot make a resolver return null, the wrong type or a value its
+scalar refuses, so this builds a small Strawberry schema that can, and runs every
+document both ways through ``FastHTTP._execute`` (with and without the direct
+plan): data and formatted errors must be equal, case by case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+from typing import Any
+
+import pytest
+import strawberry
+from graphql import OperationDefinitionNode, parse, validate
+
+from api.direct import plan_operation
+from api.http_fast import FastHTTP
+from api.plan import Request
+
+
+@strawberry.enum
+class Mood(Enum):
+    HAPPY = "happy"
+    SAD = "sad"
+
+
+@strawberry.interface
+class Named:
+    """Implementing an interface gives Thing an ``is_type_of`` check in Strawberry."""
+
+    name: str
+
+
+@strawberry.type
+class Thing(Named):
+    count: int
+    mood: Mood
+    note: str | None = None
+
+
+class Exploding(Thing):
+    """A Thing whose ``note`` raises when read (a leaf that fails)."""
+
+    @property  # type: ignore[override]
+    def note(self) -> str | None:
+        raise ValueError("note failed")
+
+    @note.setter
+    def note(self, value: str | None) -> None:
+        pass
+
+
+@strawberry.type
+class Other:
+    name: str
+
+
+def make(kind: str) -> Any:
+    if kind == "none":
+        return None
+    if kind == "raise":
+        raise RuntimeError("resolver failed")
+    if kind == "error-value":
+        return ValueError("returned, not raised")
+    if kind == "badcount":
+        return Thing(name="n", count="abc", mood=Mood.SAD)  # type: ignore[arg-type]
+    if kind == "nullname":
+        return Thing(name=None, count=1, mood=Mood.HAPPY)  # type: ignore[arg-type]
+    if kind == "badnote":
+        return Exploding(name="n", count=2, mood=Mood.HAPPY)
+    if kind == "badmood":
+        return Thing(name="n", count=3, mood="GRUMPY")  # type: ignore[arg-type]
+    if kind == "other":
+        return Other(name="not a thing")
+    return Thing(name=f"thing {kind}", count=7, mood=Mood.HAPPY, note="a note")
+
+
+@strawberry.input
+class ThingInput:
+    kind: str
+    count: int = 1
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def maybe(self, kind: str = "ok") -> Thing | None:
+        return make(kind)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    def must(self, kind: str) -> Thing:
+        return make(kind)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    async def later(self, kind: str) -> Thing | None:
+        await asyncio.sleep(0)
+        return make(kind)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    def things(self) -> list[Thing]:
+        return [make("ok")]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def create(self, input: ThingInput) -> Thing:
+        thing = make(input.kind)
+        if isinstance(thing, Thing) and input.kind == "ok":
+            thing.count = input.count
+        return thing  # type: ignore[no-any-return]
+
+
+SCHEMA = strawberry.Schema(query=Query, mutation=Mutation)
+FAST = FastHTTP(None, SCHEMA, None, None)  # type: ignore[arg-type]
+
+LEAVES = "name count mood note __typename"
+KINDS = ["ok", "none", "raise", "error-value", "badcount", "nullname", "badnote", "badmood",
+         "other"]  # fmt: skip
+DIRECT = [
+    (f'{{ maybe(kind: "{kind}") {{ {LEAVES} }} }}', None) for kind in KINDS
+] + [
+    (f'{{ must(kind: "{kind}") {{ {LEAVES} }} }}', None) for kind in KINDS
+] + [
+    (f"query($k: String!) {{ later(kind: $k) {{ {LEAVES} }} }}", {"k": kind}) for kind in KINDS
+] + [
+    ("query Q($k: String = \"ok\") { a: maybe(kind: $k) { n: name t: __typename c: count } }",
+     {}),
+    ("query($k: String!) { must(kind: $k) { name } }", {}),  # missing variable
+    ("query($k: String!) { must(kind: $k) { name } }", {"k": 5}),  # wrong type
+    ("query($k: String!) { must(kind: $k) { name } }", {"k": "ok", "unused": [1]}),
+    ("mutation($i: ThingInput!) { create(input: $i) { count name __typename } }",
+     {"i": {"kind": "ok", "count": 41}}),
+    ("mutation($i: ThingInput!) { create(input: $i) { count } }", {"i": {"kind": "raise"}}),
+    ("mutation($i: ThingInput!) { create(input: $i) { count } }", {"i": {"kind": "nullname"}}),
+    ("mutation($i: ThingInput!) { create(input: $i) { name } }",
+     {"i": {"kind": "ok", "count": "x"}}),
+    ("mutation($i: ThingInput!) { create(input: $i) { name } }", {"i": {"count": 1}}),
+    # two coercion errors in one variable: both reported (graphql-core's limit is 50)
+    ("mutation($i: ThingInput!) { create(input: $i) { name } }", {"i": {"count": "x"}}),
+]  # fmt: skip
+# Shapes api.direct leaves to graphql-core: they must get no plan.
+NOT_PLANNED = [
+    "{ maybe { name } must(kind: \"ok\") { name } }",  # two root fields
+    "{ things { name } }",  # a list
+    "{ maybe { name name } }",  # a repeated key
+    "{ maybe @include(if: true) { name } }",  # a directive
+    "{ maybe { ...F } } fragment F on Thing { name }",  # a fragment
+    "{ maybe { ... on Thing { name } } }",  # an inline fragment
+    "{ __typename }",  # no object below the root
+    "query A { maybe { name } } query B { must(kind: \"ok\") { name } }",  # two operations
+]  # fmt: skip
+
+
+def document(query: str) -> tuple[Any, OperationDefinitionNode]:
+    doc = parse(query)
+    assert not validate(SCHEMA._schema, doc), query
+    operation = doc.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    return doc, operation
+
+
+def run(query: str, variables: dict[str, Any] | None, direct: bool) -> tuple[Any, list[Any]]:
+    doc, operation = document(query)
+    plan = plan_operation(SCHEMA._schema, doc, operation) if direct else None
+    if direct:
+        assert plan is not None, query
+    request = Request(query, doc, operation, None, variables or {}, None, plan)
+    data, errors = asyncio.run(FAST._execute(request, None))  # type: ignore[arg-type]
+    return data, [e.formatted for e in errors]
+
+
+@pytest.mark.parametrize(("query", "variables"), DIRECT)
+def test_direct_answers_like_graphql_core(query: str, variables: dict[str, Any] | None) -> None:
+    assert run(query, variables, direct=True) == run(query, variables, direct=False)
+
+
+def test_the_cases_cover_data_and_each_kind_of_error() -> None:
+    """The comparison above is only worth something if the cases differ in kind."""
+    answers = [run(q, v, direct=False) for q, v in DIRECT]
+    assert any(data is None for data, _ in answers)  # a non-null root nulled
+    assert any(data is not None and errors for data, errors in answers)  # partial data
+    messages = {e["message"] for _, errors in answers for e in errors}
+    assert "resolver failed" in messages and "note failed" in messages
+    assert "Cannot return null for non-nullable field Thing.name." in messages
+    assert SCHEMA._schema.type_map["Thing"].is_type_of is not None  # type: ignore[union-attr]
+    assert any(m.startswith("Expected value of type 'Thing' but got: <Other") for m in messages)
+    assert any(m.startswith("Int cannot represent") for m in messages)
+    assert any("Variable '$k'" in m for m in messages)
+    ok = run('{ maybe(kind: "ok") { name count mood note __typename } }', None, direct=True)
+    assert ok == (
+        {"maybe": {"name": "thing ok", "count": 7, "mood": "HAPPY", "note": "a note",
+                   "__typename": "Thing"}},
+        [],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("query", NOT_PLANNED)
+def test_other_shapes_get_no_plan(query: str) -> None:
+    doc = parse(query)
+    assert not validate(SCHEMA._schema, doc), query
+    operation = doc.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    assert plan_operation(SCHEMA._schema, doc, operation) is None
