@@ -80,6 +80,7 @@ def test_execute_cost_runs_the_publish_documents_shape() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "executor overhead:" in done.stdout
+    assert "through api/direct.py's plan:" in done.stdout
 
 
 def test_group_commit_cost_writes_every_batch_size() -> None:
