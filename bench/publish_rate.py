@@ -15,15 +15,21 @@ both see the same machine.
     .venv/bin/python bench/publish_rate.py --tree /tmp/before --tree . --pairs 3
     git worktree remove /tmp/before
 
+``--churn N`` first connects N subscribers to the publish channel (the
+``graphql-transport-ws`` handshake and a subscribe, 50 at a time) and closes them
+all, so a round measures a server that has had N connections come and go, as the
+publish phase of a full ``fanout.py`` run does.
+
 Every publish is checked (status 200 and an id, by ``publisher.Publisher``); a
 failure stops the run. Each round is bounded by ``--seconds`` and 200,000
-publishes.
+publishes; the churn by 300 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -32,9 +38,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from demo import CHANNEL, PUBLISHER_USER, token  # noqa: E402
+import websockets  # noqa: E402
+from demo import CHANNEL, PUBLISHER_USER, SUBSCRIBER_USER, token  # noqa: E402
 from publisher import Publisher  # noqa: E402
-from servers import Sampler, Server  # noqa: E402
+from servers import Sampler, Server, raise_nofile  # noqa: E402
+from subscribers import SUBSCRIPTION  # noqa: E402
 
 CONNECTIONS = 8  # as fanout.py's publish phase
 MAX_PUBLISHES = 200_000
@@ -69,10 +77,42 @@ async def flood(server: Server, seconds: float) -> tuple[float, float]:
     return rate, usage["cpu_percent"] / 100 / rate * 1e6
 
 
-def round_for(tree: Path, seconds: float) -> tuple[float, float]:
+async def churn(server: Server, count: int) -> None:
+    """``count`` subscribers connect, subscribe and leave again."""
+    url, auth = f"ws://127.0.0.1:{server.port}/graphql", f"Bearer {token(SUBSCRIBER_USER)}"
+    gate = asyncio.Semaphore(50)
+    sockets: list[websockets.ClientConnection] = []
+
+    async def subscribe() -> None:
+        async with gate:
+            ws = await websockets.connect(
+                url,
+                subprotocols=["graphql-transport-ws"],
+                ping_interval=None,  # type: ignore[list-item]
+            )
+            sockets.append(ws)
+            init = {"type": "connection_init", "payload": {"authorization": auth}}
+            await ws.send(json.dumps(init))
+            if json.loads(await ws.recv()).get("type") != "connection_ack":
+                raise SystemExit("a subscriber was not acknowledged")
+            payload = {"query": SUBSCRIPTION, "variables": {"name": CHANNEL}}
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(subscribe() for _ in range(count))), 300)
+        await asyncio.sleep(1.0)  # every subscription registered
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    await asyncio.sleep(2.0)  # the server has let them all go
+    print(f"{len(sockets):,} subscribers came and went", flush=True)
+
+
+def round_for(tree: Path, seconds: float, churned: int) -> tuple[float, float]:
     server = TreeServer("ours", tree=tree)
     server.start()
     try:
+        if churned:
+            asyncio.run(churn(server, churned))
         return asyncio.run(flood(server, seconds))
     finally:
         server.stop()
@@ -83,7 +123,10 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
     parser.add_argument("--pairs", type=int, default=3, help="rounds per tree")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each round")
+    parser.add_argument("--churn", type=int, default=0, help="subscribers that come and go first")
     args = parser.parse_args()
+    if args.churn:
+        raise_nofile(args.churn + 100)
     trees = [t.resolve() for t in args.tree or [BENCH.parent]]
     for tree in trees:
         if not (tree / "api" / "app.py").is_file():
@@ -91,7 +134,7 @@ def main() -> None:
     results: dict[Path, list[float]] = {tree: [] for tree in trees}
     for n in range(args.pairs):
         for tree in trees:
-            rate, cpu_us = round_for(tree, args.seconds)
+            rate, cpu_us = round_for(tree, args.seconds, args.churn)
             results[tree].append(rate)
             print(f"round {n + 1} {tree}: {rate:,.0f} publishes/s, {cpu_us:,.0f} µs CPU each")
     for tree, rates in results.items():

@@ -103,7 +103,8 @@ def test_publish_rate_alternates_two_trees(tmp_path: Path) -> None:
     """bench/publish_rate.py runs a real server from each tree in turn.
 
     The same tree twice stands in for two worktrees; a directory that is not a
-    source tree is refused before any server starts.
+    source tree is refused before any server starts; ``--churn`` really connects
+    and subscribes (an unacknowledged subscriber would stop the run).
     """
     tool = str(REPO / "bench" / "publish_rate.py")
     done = subprocess.run(
@@ -113,9 +114,10 @@ def test_publish_rate_alternates_two_trees(tmp_path: Path) -> None:
     assert done.returncode != 0 and "not a source tree" in done.stderr
     done = subprocess.run(
         [sys.executable, tool, "--tree", str(REPO), "--tree", ".", "--pairs", "1",
-         "--seconds", "1"],
+         "--seconds", "1", "--churn", "5"],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rounds = [line for line in done.stdout.splitlines() if line.startswith("round 1 ")]
     assert len(rounds) == 2 and all("publishes/s" in line for line in rounds)
+    assert done.stdout.count("5 subscribers came and went") == 2  # before each round
