@@ -48,7 +48,7 @@ from graphql import (
     located_error,
 )
 from graphql.execution.values import get_argument_values, get_variable_values
-from graphql.pyutils import Path, Undefined, inspect
+from graphql.pyutils import Path, Undefined, gather_with_cancel, inspect
 from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.execution import optimized_is_awaitable
 from strawberry.schema.schema import _OperationContextAwareGraphQLResolveInfo
@@ -100,7 +100,6 @@ class DirectOperation:
         if isinstance(coerced, list):
             return None, coerced
         errors: list[GraphQLError] = []
-        pending: list[Awaitable[Any]] = []
         path = Path(None, self.key, self.parent.name)
         field_name = self.nodes[0].name.value
         info = _OperationContextAwareGraphQLResolveInfo(
@@ -117,7 +116,7 @@ class DirectOperation:
             context,
             optimized_is_awaitable,
             None,  # no abort signal, as http_fast runs graphql-core
-            GraphQLResolveInfoHelpers(gather=_gather, track=pending.extend),
+            _HELPERS,
             extensions,  # type: ignore[arg-type]  # None when the request has none, as there
         )
         try:
@@ -136,9 +135,7 @@ class DirectOperation:
             errors.append(located_error(raw, self.nodes, path.as_list()))
             value = None
             if self.non_null:
-                await _settle(pending)
                 return None, errors
-        await _settle(pending)
         return {self.key: value}, errors
 
     async def _complete(
@@ -264,22 +261,23 @@ def _leaves(object_type: GraphQLObjectType, selections: Sequence[Any]) -> tuple[
     return tuple(leaves)
 
 
-async def _gather(awaitables: Sequence[Awaitable[Any]]) -> list[Any]:
-    """``info.async_helpers.gather``: all of them, the others cancelled on a failure."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+def _track(values: Sequence[Any]) -> None:
+    """``info.async_helpers.track``: settle the awaitables in the background, their
+    errors observed, the answer not waiting for them (graphql-core's
+    ``settle_in_background``)."""
+    awaitables = [v for v in values if optimized_is_awaitable(v)]
+    if awaitables:
+        future = asyncio.gather(*awaitables, return_exceptions=True)
+        _BACKGROUND.add(future)  # a reference until done, or the loop may drop it
+        future.add_done_callback(_BACKGROUND.discard)
 
 
-async def _settle(pending: list[Awaitable[Any]]) -> None:
-    """Work a resolver registered with ``info.async_helpers.track`` finishes before
-    the answer, as graphql-core waits for it; its errors are not the field's."""
-    while pending:
-        batch = [a for a in pending if optimized_is_awaitable(a)]
-        pending.clear()
-        await asyncio.gather(*batch, return_exceptions=True)
+def _gather(values: Sequence[Awaitable[Any]]) -> Awaitable[list[Any]]:
+    """``info.async_helpers.gather``: all of them, or on a failure the rest cancelled
+    and settled first (graphql-core's ``gather_async_work``)."""
+    return gather_with_cancel(*values)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+# What graphql-core's executor gives resolvers: gather all or cancel all, and track.
+_HELPERS = GraphQLResolveInfoHelpers(gather=_gather, track=_track)

@@ -103,6 +103,28 @@ class Query:
     def things(self) -> list[Thing]:
         return [make("ok")]
 
+    @strawberry.field
+    async def helped(self, info: strawberry.Info, fail: bool = False) -> Thing:
+        """Uses graphql-core's async helpers, as a resolver may: tracked work runs
+        at once in the background, and gather fails as a whole when one part does."""
+        helpers = info._raw_info.async_helpers
+        done: list[str] = []
+
+        async def part(name: str) -> str:
+            await asyncio.sleep(0)
+            if fail and name == "b":
+                raise RuntimeError("part b failed")
+            return name
+
+        async def tracked() -> None:
+            await asyncio.sleep(0.01)
+            done.append("tracked")
+
+        helpers.track([tracked()])
+        names = await helpers.gather([part("a"), part("b")])
+        await asyncio.sleep(0.02)  # long enough for the tracked work, if it was started
+        return Thing(name="+".join([*names, *done]), count=len(names), mood=Mood.HAPPY)
+
 
 @strawberry.type
 class Mutation:
@@ -132,6 +154,8 @@ DIRECT = [
     ("query($k: String!) { must(kind: $k) { name } }", {}),  # missing variable
     ("query($k: String!) { must(kind: $k) { name } }", {"k": 5}),  # wrong type
     ("query($k: String!) { must(kind: $k) { name } }", {"k": "ok", "unused": [1]}),
+    ("{ helped { name count } }", None),
+    ("{ helped(fail: true) { name count } }", None),
     ("mutation($i: ThingInput!) { create(input: $i) { count name __typename } }",
      {"i": {"kind": "ok", "count": 41}}),
     ("mutation($i: ThingInput!) { create(input: $i) { count } }", {"i": {"kind": "raise"}}),
