@@ -158,10 +158,14 @@ class DirectOperation:
             if leaf.type is None:
                 completed[leaf.key] = self.object_type.name
                 continue
-            leaf_path = Path(path, leaf.key, self.object_type.name)
             try:
-                completed[leaf.key] = await self._leaf(leaf, result)
+                assert leaf.resolve is not None
+                value = leaf.resolve(result, None)  # a basic field's getter ignores info
+                if optimized_is_awaitable(value):  # an attribute holding an awaitable
+                    value = await value
+                completed[leaf.key] = self._leaf(leaf, value)
             except Exception as raw:
+                leaf_path = Path(path, leaf.key, self.object_type.name)
                 error = located_error(raw, leaf.nodes, leaf_path.as_list())
                 if leaf.non_null:
                     raise error from None
@@ -169,11 +173,9 @@ class DirectOperation:
                 completed[leaf.key] = None
         return completed
 
-    async def _leaf(self, leaf: _Leaf, source: Any) -> Any:
-        assert leaf.resolve is not None and leaf.type is not None
-        value = leaf.resolve(source, None)  # a basic field's getter ignores info
-        if optimized_is_awaitable(value):
-            value = await value
+    def _leaf(self, leaf: _Leaf, value: Any) -> Any:
+        """A leaf's value completed (not a coroutine: a publish has up to a dozen)."""
+        assert leaf.type is not None
         if _absent(value, leaf.non_null, self.object_type, leaf.name):
             return None
         coerced = leaf.type.coerce_output_value(value)

@@ -115,8 +115,9 @@ class Planner:
             return None
         return None if validate(self._schema, document, self._rules) else (query, document)
 
-    def _request(self, payload: object) -> Request | None:
-        """The valid document a GraphQL request payload names, with its operation."""
+    def _request(self, payload: object, *, direct: bool = False) -> Request | None:
+        """The valid document a GraphQL request payload names, with its operation;
+        with ``direct``, also ``api.direct``'s plan for it if it has one."""
         if not isinstance(payload, dict):
             return None
         query, operation_name = payload.get("query"), payload.get("operationName")
@@ -135,25 +136,15 @@ class Planner:
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
-        return Request(query, document, operation, operation_name, raw_variables, extensions)
+        plan = self._direct(query, operation_name) if direct else None
+        return Request(query, document, operation, operation_name, raw_variables, extensions, plan)
 
     def operation(self, payload: object) -> Request | None:
         """A query or mutation that may skip Strawberry's HTTP view (``api.http_fast``)."""
-        request = self._request(payload)
+        request = self._request(payload, direct=True)  # no plan for a subscription
         if request is None or request.operation.operation is OperationType.SUBSCRIPTION:
             return None
-        direct = self._direct(request.query, request.operation_name)
-        if direct is None:
-            return request
-        return Request(
-            request.query,
-            request.document,
-            request.operation,
-            request.operation_name,
-            request.variables,
-            request.extensions,
-            direct,
-        )
+        return request
 
     def _plan_direct(self, query: str, operation_name: str | None) -> DirectOperation | None:
         """Once per cached document and operation: whether ``api.direct`` runs it."""

@@ -204,7 +204,8 @@ async def _sqlite_write(
     insert_sql, insert_params = _multi_row(Announcement, conn.dialect, values, _RETURNING)
     statement = insert_sql
     try:
-        returned = sorted(await driver.execute_fetchall(insert_sql, insert_params))
+        inserted = await driver.execute_fetchall(insert_sql, insert_params)
+        returned = sorted(inserted, key=lambda r: int(r[0]))
         for got, expected in zip(returned, values, strict=True):
             if tuple(got[1:]) != tuple(expected[c] for c in _CHECKED):
                 raise RuntimeError("multi-row INSERT returned rows out of order")
@@ -215,7 +216,10 @@ async def _sqlite_write(
         statement = "COMMIT"
         await driver.commit()
     except BaseException as exc:
-        await driver.rollback()
+        try:
+            await driver.rollback()
+        except Exception as rollback_error:  # the original error is the one to report
+            log.warning("db.group_commit_rollback_failed", error=repr(rollback_error))
         if isinstance(exc, sqlite3.Error):
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
         raise
