@@ -82,6 +82,11 @@ class DirectOperation:
     object_type: GraphQLObjectType
     non_null: bool
     leaves: tuple[_Leaf, ...]
+    # Derived once when planned: the same for every request of this document
+    # (a Path is an immutable tuple, so one can be shared by all their infos).
+    path: Path
+    field_name: str
+    has_args: bool
 
     async def execute(
         self,
@@ -100,10 +105,9 @@ class DirectOperation:
         if isinstance(coerced, list):
             return None, coerced
         errors: list[GraphQLError] = []
-        path = Path(None, self.key, self.parent.name)
-        field_name = self.nodes[0].name.value
+        path = self.path
         info = _OperationContextAwareGraphQLResolveInfo(
-            field_name,
+            self.field_name,
             self.nodes,
             self.field.type,
             self.parent,
@@ -120,12 +124,7 @@ class DirectOperation:
             extensions,  # type: ignore[arg-type]  # None when the request has none, as there
         )
         try:
-            node = self.nodes[0]
-            args = (
-                get_argument_values(self.field, node, coerced)
-                if self.field.args or node.arguments
-                else {}
-            )
+            args = get_argument_values(self.field, self.nodes[0], coerced) if self.has_args else {}
             assert self.field.resolve is not None  # checked when planned
             result = self.field.resolve(None, info, **args)
             if optimized_is_awaitable(result):
@@ -141,7 +140,7 @@ class DirectOperation:
     async def _complete(
         self, result: Any, info: Any, path: Path, errors: list[GraphQLError]
     ) -> dict[str, Any] | None:
-        if _absent(result, self.non_null, self.parent, info.field_name):
+        if _absent(result, self.non_null, self.parent, self.field_name):
             return None
         is_type_of = self.object_type.is_type_of
         if is_type_of is not None:
@@ -222,15 +221,19 @@ def plan_operation(
     leaves = _leaves(object_type, root.selection_set.selections)
     if leaves is None:
         return None
+    key = (root.alias or root.name).value
     return DirectOperation(
         operation=operation,
         parent=parent,
         field=field,
         nodes=[root],
-        key=(root.alias or root.name).value,
+        key=key,
         object_type=object_type,
         non_null=isinstance(field.type, GraphQLNonNull),
         leaves=leaves,
+        path=Path(None, key, parent.name),
+        field_name=root.name.value,
+        has_args=bool(field.args or root.arguments),
     )
 
 
