@@ -32,7 +32,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError, OperationType, execute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.execution import optimized_is_awaitable
@@ -75,8 +75,7 @@ class FastHTTP:
         """Answer the request, or return a ``receive`` that replays it for Strawberry."""
         if not _is_json(scope):
             return receive
-        request = Request(scope, receive)
-        body = await request.body()
+        body = await _read_body(receive)
         replay = _replay(body, receive)
         try:
             payload = json.loads(body)
@@ -85,7 +84,8 @@ class FastHTTP:
         prepared = self._planner.operation(payload)
         if prepared is None:
             return replay
-        context = await self._view.get_context(request, response=None)
+        # Its receive replays the body, should anything in a resolver read it.
+        context = await self._view.get_context(Request(scope, replay), response=None)
         data, errors = await self._execute(prepared, context)
         if errors:
             self._schema.process_errors(errors)
@@ -139,6 +139,22 @@ def _is_json(scope: Scope) -> bool:
         if name == b"content-type":
             return bool(value.split(b";", 1)[0].strip().lower() == b"application/json")
     return False
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body, as Starlette's ``Request.body`` reads it.
+
+    Why not that: its async generator and ``aclosing`` around a body that arrives
+    in one message cost ~3% of a publish.
+    """
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, original: Receive) -> Receive:

@@ -65,6 +65,7 @@ class StoredAnnouncement:
 
 
 _Pending = tuple[NewAnnouncement, "asyncio.Future[StoredAnnouncement]"]
+_NONE = object()  # no value seen yet (None is a value)
 
 
 class AnnouncementWriter:
@@ -235,11 +236,21 @@ def _multi_row(
     """One ``INSERT`` of all ``values`` into ``model``'s table, bound as Core would."""
     columns = tuple(values[0])
     processors = _bind_processors(model, dialect, columns)
+    # The rows of a batch share one timestamp object; SQLite's DATETIME processor
+    # formats it through a dict of its fields, ~2 µs a row and column. Each column
+    # remembers its last value, compared by identity, and reuses its processed form.
+    last: list[tuple[Any, Any]] = [(_NONE, None)] * len(columns)
     params: list[Any] = []
     for sent in values:
-        for column, process in zip(columns, processors, strict=True):
-            value = sent[column]
-            params.append(value if process is None or value is None else process(value))
+        for i, process in enumerate(processors):
+            value = sent[columns[i]]
+            if process is not None and value is not None:
+                seen, done = last[i]
+                if value is not seen:
+                    done = process(value)
+                    last[i] = (value, done)
+                value = done
+            params.append(value)
     return _multi_row_sql(model.__tablename__, len(values), columns, returning), tuple(params)
 
 

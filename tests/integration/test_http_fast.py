@@ -9,6 +9,7 @@ and the other must not have.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,30 @@ def test_fast_path_answers_like_strawberry(servers: tuple[ServerProcess, ServerP
     )
     _, body = send(fast, post("nw-ada", {"query": query}))
     assert [a["title"] for a in body["data"]["announcements"]] == ["hello", "ok"]
+
+
+def send_in_pieces(server: ServerProcess, body: bytes, pieces: int = 3) -> tuple[int, Any]:
+    """POST ``body`` chunked, pausing between pieces so the server receives several
+    ``http.request`` messages (``more_body``) instead of one."""
+    size = -(-len(body) // pieces)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+            time.sleep(0.05)
+
+    headers = {"Authorization": f"Bearer {token('nw-ada')}", "Content-Type": "application/json"}
+    response = httpx.post(f"{server.url}/graphql", content=chunks(), headers=headers, timeout=10)
+    return response.status_code, normalize(response.json())
+
+
+def test_fast_path_reads_a_body_sent_in_pieces(
+    servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    fast, plain = servers
+    body = httpx_json({"query": PUBLISH, "variables": {"channel": MATH_101, "title": "pieces"}})
+    before = http_operations(fast, "direct")
+    answer = send_in_pieces(fast, body)
+    assert answer == send_in_pieces(plain, body)
+    assert answer[0] == 200 and answer[1]["data"]["publishAnnouncement"]["title"] == "pieces"
+    assert http_operations(fast, "direct") == before + 1
