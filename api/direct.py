@@ -11,9 +11,10 @@ this does what graphql-core does, with graphql-core's and Strawberry's own piece
 
 - variables are coerced by graphql-core's ``get_variable_values`` and arguments by
   its ``get_argument_values`` (the same errors, word for word);
-- the root field is resolved by the schema's own resolve function, i.e.
-  Strawberry's wrapper (permissions, field extensions, argument conversion, the
-  ``Info`` it builds from the resolve info given here);
+- the root field's resolver is called as Strawberry's wrapper calls it (the
+  ``Info`` it builds, argument conversion), with that wrapper's decisions made
+  once per field by :mod:`api.resolver_plan`; a field with permissions or other
+  field extensions keeps the wrapper itself;
 - the result is completed as graphql-core's ``complete_value`` would: the
   ``is_type_of`` check, leaf serialization by the type's ``coerce_output_value``,
   null checks of non-null fields, errors located at their path, a non-null
@@ -53,6 +54,8 @@ from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.execution import optimized_is_awaitable
 from strawberry.schema.schema import _OperationContextAwareGraphQLResolveInfo
 
+from api.resolver_plan import Resolve, resolver_for
+
 Result = tuple[dict[str, Any] | None, list[GraphQLError]]
 TYPENAME = "__typename"
 MAX_COERCION_ERRORS = 50  # graphql-core's execute default
@@ -87,6 +90,7 @@ class DirectOperation:
     path: Path
     field_name: str
     has_args: bool
+    resolve: Resolve  # the root field's resolver (api.resolver_plan)
 
     async def execute(
         self,
@@ -125,8 +129,7 @@ class DirectOperation:
         )
         try:
             args = get_argument_values(self.field, self.nodes[0], coerced) if self.has_args else {}
-            assert self.field.resolve is not None  # checked when planned
-            result = self.field.resolve(None, info, **args)
+            result = self.resolve(info, args)
             if optimized_is_awaitable(result):
                 result = await result
             value = await self._complete(result, info, path, errors)
@@ -234,6 +237,7 @@ def plan_operation(
         path=Path(None, key, parent.name),
         field_name=root.name.value,
         has_args=bool(field.args or root.arguments),
+        resolve=resolver_for(schema, field),
     )
 
 

@@ -148,10 +148,13 @@ class GraphQLView(GraphQL[Context, None]):
         return await super().process_result(request, result)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        services: Services = request.state.services
+        # The lifespan's state and the header straight from the ASGI scope: Starlette's
+        # ``State`` and ``Headers`` objects, built per request to read one entry each,
+        # were ~1.5% of a publish.
+        services: Services = request.scope["state"]["services"]
         context = Context(request=request, services=services)
         if isinstance(request, Request):
-            header = request.headers.get("authorization")
+            header = _authorization(request.scope)
             if header is not None:
                 try:
                     context.viewer = services.tokens.verify_header(header)
@@ -195,3 +198,13 @@ class GraphQLView(GraphQL[Context, None]):
         await repo.audit(
             services.sessions, repo.Actor(), "authenticate", transport, "failed", {"reason": reason}
         )
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The first ``Authorization`` header, as Starlette's ``Headers.get`` finds it
+    (ASGI servers give header names in lower case)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None

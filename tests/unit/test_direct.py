@@ -15,10 +15,14 @@ from typing import Any
 import pytest
 import strawberry
 from graphql import OperationDefinitionNode, parse, validate
+from strawberry.permission import BasePermission
+from strawberry.types.unset import UNSET
 
 from api.direct import plan_operation
 from api.http_fast import FastHTTP
 from api.plan import Request
+from api.resolver_plan import plan_resolver
+from schema.inputs import InputPlan
 
 
 @strawberry.enum
@@ -84,8 +88,53 @@ class ThingInput:
     count: int = 1
 
 
+class NoSecrets(BasePermission):
+    message = "no secrets here"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return bool(kwargs.get("kind") != "secret")
+
+
+@strawberry.input
+class PlannedInput:
+    """Built by schema/inputs.py's plan through Strawberry's ``from_input`` hook, as
+    the app's input types are (ThingInput keeps Strawberry's own conversion)."""
+
+    kind: str
+    mood: Mood = Mood.HAPPY
+    tags: list[str] | None = None
+
+
+PlannedInput.__strawberry_definition__.from_input = InputPlan(  # type: ignore[attr-defined]
+    PlannedInput.__strawberry_definition__  # type: ignore[attr-defined]
+)
+
+
+def rooted(root: Any, kind: str) -> Thing:
+    """A resolver that asks for the source by the reserved name ``root``."""
+    return Thing(name=f"{kind} under {root!r}", count=0, mood=Mood.SAD)
+
+
 @strawberry.type
 class Query:
+    rooted: Thing = strawberry.field(resolver=rooted)
+
+    @strawberry.field
+    def pick(
+        self,
+        where: strawberry.Info,
+        mood: Mood = Mood.SAD,
+        tags: list[str] | None = None,
+        limit: int | None = UNSET,
+    ) -> Thing:
+        """Arguments left out, given and null; the info under another name."""
+        name = f"{mood}|{tags}|{limit!r}|{type(where).__name__}|{where.field_name}"
+        return Thing(name=name, count=len(tags or []), mood=mood)
+
+    @strawberry.field(permission_classes=[NoSecrets])
+    def guarded(self, kind: str) -> Thing:
+        return make(kind)  # type: ignore[no-any-return]
+
     @strawberry.field
     def maybe(self, kind: str = "ok") -> Thing | None:
         return make(kind)  # type: ignore[no-any-return]
@@ -135,6 +184,10 @@ class Mutation:
             thing.count = input.count
         return thing  # type: ignore[no-any-return]
 
+    @strawberry.mutation
+    async def shape(self, input: PlannedInput, extra: ThingInput | None = UNSET) -> Thing:
+        return Thing(name=f"{input!r}|{extra!r}", count=1, mood=input.mood)
+
 
 SCHEMA = strawberry.Schema(query=Query, mutation=Mutation)
 FAST = FastHTTP(None, SCHEMA, None, None)  # type: ignore[arg-type]
@@ -165,6 +218,21 @@ DIRECT = [
     ("mutation($i: ThingInput!) { create(input: $i) { name } }", {"i": {"count": 1}}),
     # two coercion errors in one variable: both reported (graphql-core's limit is 50)
     ("mutation($i: ThingInput!) { create(input: $i) { name } }", {"i": {"count": "x"}}),
+    # api.resolver_plan: arguments left out, given, null; reserved parameters
+    ("{ pick { name count mood } }", None),
+    ('{ pick(mood: HAPPY, tags: ["a", "b"], limit: null) { name count } }', None),
+    ("query($t: [String!]) { pick(tags: $t, limit: 3) { name } }", {"t": ["x"]}),
+    ("query($t: [String!]) { pick(tags: $t) { name } }", {}),
+    ('{ rooted(kind: "k") { name } }', None),
+    ('{ guarded(kind: "ok") { name } }', None),
+    ('{ guarded(kind: "secret") { name } }', None),
+    ("mutation($i: PlannedInput!, $e: ThingInput) { shape(input: $i, extra: $e) { name mood } }",
+     {"i": {"kind": "k", "tags": ["t"]}, "e": {"kind": "e"}}),
+    ("mutation($i: PlannedInput!, $e: ThingInput) { shape(input: $i, extra: $e) { name mood } }",
+     {"i": {"kind": "k", "mood": "SAD"}}),
+    ("mutation($i: PlannedInput!, $e: ThingInput) { shape(input: $i, extra: $e) { name } }",
+     {"i": {"kind": "k"}, "e": None}),
+    ('mutation { shape(input: {kind: "lit", tags: []}) { name } }', None),
 ]  # fmt: skip
 # Shapes api.direct leaves to graphql-core: they must get no plan.
 NOT_PLANNED = [
@@ -220,6 +288,21 @@ def test_the_cases_cover_data_and_each_kind_of_error() -> None:
                    "__typename": "Thing"}},
         [],
     )  # fmt: skip
+
+
+def test_resolvers_are_planned_unless_something_runs_around_them() -> None:
+    query, mutation = SCHEMA._schema.query_type, SCHEMA._schema.mutation_type
+    assert query is not None and mutation is not None
+    for field in ("maybe", "must", "later", "helped", "pick", "rooted"):
+        assert plan_resolver(SCHEMA._schema, query.fields[field]) is not None, field
+    for field in ("create", "shape"):
+        assert plan_resolver(SCHEMA._schema, mutation.fields[field]) is not None, field
+    # permission classes are a field extension: Strawberry's wrapper runs them
+    assert plan_resolver(SCHEMA._schema, query.fields["guarded"]) is None
+    denied = run('{ guarded(kind: "secret") { name } }', None, direct=True)
+    assert denied[1][0]["message"] == "no secrets here"
+    picked = run('{ pick(tags: ["a"]) { name } }', None, direct=True)
+    assert picked[0] == {"pick": {"name": "Mood.SAD|['a']|UNSET|Info|pick"}}
 
 
 @pytest.mark.parametrize("query", NOT_PLANNED)
