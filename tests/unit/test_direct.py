@@ -131,6 +131,12 @@ class Query:
         name = f"{mood}|{tags}|{limit!r}|{type(where).__name__}|{where.field_name}"
         return Thing(name=name, count=len(tags or []), mood=mood)
 
+    @strawberry.field
+    def echo(self, id: strawberry.ID) -> Thing:
+        """Shows the argument as the resolver got it: an ID variable given as a
+        number reaches it as a string only if the variable was coerced."""
+        return Thing(name=repr(id), count=0, mood=Mood.SAD)
+
     @strawberry.field(permission_classes=[NoSecrets])
     def guarded(self, kind: str) -> Thing:
         return make(kind)  # type: ignore[no-any-return]
@@ -224,6 +230,8 @@ DIRECT = [
     ("query($t: [String!]) { pick(tags: $t, limit: 3) { name } }", {"t": ["x"]}),
     ("query($t: [String!]) { pick(tags: $t) { name } }", {}),
     ('{ rooted(kind: "k") { name } }', None),
+    ("query($i: ID!) { echo(id: $i) { name } }", {"i": 5}),
+    ("query($i: ID!) { echo(id: $i) { name } }", {"i": "five"}),
     ('{ guarded(kind: "ok") { name } }', None),
     ('{ guarded(kind: "secret") { name } }', None),
     ("mutation($i: PlannedInput!, $e: ThingInput) { shape(input: $i, extra: $e) { name mood } }",
