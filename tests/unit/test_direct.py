@@ -9,16 +9,24 @@ plan): data and formatted errors must be equal, case by case.
 from __future__ import annotations
 
 import asyncio
+import math
 from enum import Enum
 from typing import Any
 
 import pytest
 import strawberry
-from graphql import OperationDefinitionNode, parse, validate
+from graphql import (
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLString,
+    OperationDefinitionNode,
+    parse,
+    validate,
+)
 from strawberry.permission import BasePermission
 from strawberry.types.unset import UNSET
 
-from api.direct import plan_operation
+from api.direct import _type_depth, plan_operation
 from api.http_fast import FastHTTP
 from api.plan import Request
 from api.resolver_plan import plan_resolver
@@ -110,6 +118,25 @@ PlannedInput.__strawberry_definition__.from_input = InputPlan(  # type: ignore[a
 )
 
 
+@strawberry.input
+class Tree:
+    """An input type that contains itself: values of it can nest without limit."""
+
+    name: str
+    children: list[Tree] | None = None
+
+
+def count_nodes(tree: Tree) -> int:
+    return 1 + sum(count_nodes(child) for child in tree.children or [])
+
+
+def deep_tree(levels: int) -> dict[str, Any]:
+    tree: dict[str, Any] = {"name": "leaf"}
+    for _ in range(levels):
+        tree = {"name": "node", "children": [tree]}
+    return tree
+
+
 def rooted(root: Any, kind: str) -> Thing:
     """A resolver that asks for the source by the reserved name ``root``."""
     return Thing(name=f"{kind} under {root!r}", count=0, mood=Mood.SAD)
@@ -136,6 +163,10 @@ class Query:
         """Shows the argument as the resolver got it: an ID variable given as a
         number reaches it as a string only if the variable was coerced."""
         return Thing(name=repr(id), count=0, mood=Mood.SAD)
+
+    @strawberry.field
+    def grow(self, tree: Tree) -> Thing:
+        return Thing(name=tree.name, count=count_nodes(tree), mood=Mood.HAPPY)
 
     @strawberry.field(permission_classes=[NoSecrets])
     def guarded(self, kind: str) -> Thing:
@@ -232,6 +263,9 @@ DIRECT = [
     ('{ rooted(kind: "k") { name } }', None),
     ("query($i: ID!) { echo(id: $i) { name } }", {"i": 5}),
     ("query($i: ID!) { echo(id: $i) { name } }", {"i": "five"}),
+    # a variable of a type that contains itself: checked for depth, too deep refused
+    ("query($t: Tree!) { grow(tree: $t) { name count } }", {"t": deep_tree(3)}),
+    ("query($t: Tree!) { grow(tree: $t) { name count } }", {"t": deep_tree(150)}),
     ('{ guarded(kind: "ok") { name } }', None),
     ('{ guarded(kind: "secret") { name } }', None),
     ("mutation($i: PlannedInput!, $e: ThingInput) { shape(input: $i, extra: $e) { name mood } }",
@@ -296,6 +330,19 @@ def test_the_cases_cover_data_and_each_kind_of_error() -> None:
                    "__typename": "Thing"}},
         [],
     )  # fmt: skip
+
+
+def test_type_depth_counts_lists_and_input_objects() -> None:
+    types = SCHEMA._schema.type_map
+    assert _type_depth(GraphQLNonNull(GraphQLString)) == 0
+    assert _type_depth(GraphQLList(GraphQLList(GraphQLString))) == 2
+    assert _type_depth(types["ThingInput"]) == 1  # type: ignore[arg-type]
+    assert _type_depth(types["PlannedInput"]) == 2  # type: ignore[arg-type]  # tags: [String]
+    assert _type_depth(types["Tree"]) == math.inf  # type: ignore[arg-type]
+    data, errors = run(
+        "query($t: Tree!) { grow(tree: $t) { count } }", {"t": deep_tree(150)}, direct=True
+    )
+    assert data is None and errors[0]["message"] == "Variable values are nested too deeply."
 
 
 def test_resolvers_are_planned_unless_something_runs_around_them() -> None:
