@@ -9,8 +9,10 @@ service or a frontend has one root field whose result is an object of scalars:
 ``publishAnnouncement(input: …) { id title … __typename }``. For exactly that shape
 this does what graphql-core does, with graphql-core's and Strawberry's own pieces:
 
-- variables are coerced by graphql-core's ``get_variable_values`` and arguments by
-  its ``get_argument_values`` (the same errors, word for word);
+- variables are coerced by graphql-core's ``coerce_input_value`` with signatures
+  derived once per document when every one was given and is valid, else by its
+  ``get_variable_values`` (defaults, and the same errors, word for word);
+  arguments by its ``get_argument_values``;
 - the root field's resolver is called as Strawberry's wrapper calls it (the
   ``Info`` it builds, argument conversion), with that wrapper's decisions made
   once per field by :mod:`api.resolver_plan`; a field with permissions or other
