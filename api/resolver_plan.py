@@ -105,6 +105,8 @@ def resolver_for(schema: GraphQLSchema, field: GraphQLField) -> Resolve:
 
 
 def plan_resolver(schema: GraphQLSchema, field: GraphQLField) -> PlannedResolver | None:
+    """The plan for ``field``, or None when something besides Strawberry's plain
+    wrapper could run around its resolver (see the module doc)."""
     strawberry_schema = getattr(schema, "_strawberry_schema", None)
     definition = field.extensions.get(GraphQLCoreConverter.DEFINITION_BACKREF)
     resolve_name = getattr(field.resolve, "__qualname__", "")
