@@ -121,6 +121,23 @@ def test_bad_row_fails_alone_postgres(migrated_pg: str) -> None:
     asyncio.run(check_bad_row_fails_alone(migrated_pg))
 
 
+# A trigger that refuses the audit row of one target, per dialect (23514 is a check
+# violation: an IntegrityError, as SQLite's ABORT is).
+BOOM_TRIGGER = {
+    "sqlite": [
+        "CREATE TRIGGER audit_boom BEFORE INSERT ON audit_log "
+        "WHEN NEW.target = 'BOOM' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION audit_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.target = 'BOOM' THEN RAISE EXCEPTION 'boom' USING ERRCODE = '23514'; "
+        "END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER audit_boom BEFORE INSERT ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION audit_boom()",
+    ],
+}
+
+
 async def check_failed_audit_rolls_back_its_announcement(url: str) -> None:
     """A batch that fails after its announcements are inserted leaves none behind.
 
@@ -134,10 +151,8 @@ async def check_failed_audit_rolls_back_its_announcement(url: str) -> None:
     boom = "institution:northwood:classroom:boom"
     try:
         async with engine.begin() as conn:
-            await conn.exec_driver_sql(
-                "CREATE TRIGGER audit_boom BEFORE INSERT ON audit_log "
-                f"WHEN NEW.target = '{boom}' BEGIN SELECT RAISE(ABORT, 'boom'); END"
-            )
+            for statement in BOOM_TRIGGER[engine.dialect.name]:
+                await conn.exec_driver_sql(statement.replace("BOOM", boom))
         calls = [writer.create(new(i)) for i in range(4)]
         calls.insert(2, writer.create(new(99, channel=boom)))
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -156,3 +171,7 @@ async def check_failed_audit_rolls_back_its_announcement(url: str) -> None:
 
 def test_failed_audit_rolls_back_its_announcement_sqlite(sqlite_url: str) -> None:
     asyncio.run(check_failed_audit_rolls_back_its_announcement(sqlite_url))
+
+
+def test_failed_audit_rolls_back_its_announcement_postgres(migrated_pg: str) -> None:
+    asyncio.run(check_failed_audit_rolls_back_its_announcement(migrated_pg))
