@@ -175,3 +175,33 @@ def test_failed_audit_rolls_back_its_announcement_sqlite(sqlite_url: str) -> Non
 
 def test_failed_audit_rolls_back_its_announcement_postgres(migrated_pg: str) -> None:
     asyncio.run(check_failed_audit_rolls_back_its_announcement(migrated_pg))
+
+
+async def check_dead_held_connection_costs_a_retry(url: str) -> None:
+    """Under load the Postgres writer keeps its connection between batches, so the
+    pool's pre-ping no longer checks it; a batch that finds it dead is tried again
+    on a fresh connection instead of failing."""
+    engine = create_engine(url)
+    writer = AnnouncementWriter(engine)
+    try:
+        await writer.create(new(0))
+        # What a busy writer holds, then cut under it as a restart would cut it.
+        held = await engine.connect()
+        pid = (await held.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        await held.rollback()
+        writer._held = held
+        async with engine.connect() as admin:
+            await admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        stored = await writer.create(new(1))  # a batch of one: no row-by-row fallback
+        assert stored.title == "title 1"
+        assert writer._held is None or writer._held is not held
+        async with engine.connect() as conn:
+            titles = sorted((await conn.scalars(select(Announcement.title))).all())
+        assert titles == ["title 0", "title 1"]
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
+def test_dead_held_connection_costs_a_retry_postgres(migrated_pg: str) -> None:
+    asyncio.run(check_dead_held_connection_costs_a_retry(migrated_pg))
