@@ -1,31 +1,53 @@
 # Two commands do all set-up: `make run` and `make test` (see README.md).
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck install dev bench clean
+# Every install comes from a lock file with hashes (requirements/*.lock); `make lock`
+# refreshes them from pyproject.toml's ranges. The project itself is installed
+# editable without dependencies, so nothing unlocked slips in.
+LOCKS := requirements/runtime.lock requirements/dev.lock requirements/bench.lock
+UV    := uv==0.13.9
+
+.PHONY: run test test-latest pytest lint typecheck install dev bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PIP) install --upgrade pip
 
-# Reinstall only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Reinstall only when a lock file or pyproject.toml changes.
+$(VENV)/.installed: requirements/runtime.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements/runtime.lock
+	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: requirements/dev.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements/dev.lock
+	$(PIP) install --no-deps -e .
 	touch $(VENV)/.installed $@
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+$(VENV)/.installed-bench: requirements/bench.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements/bench.lock
+	$(PIP) install --no-deps -e .
 	touch $(VENV)/.installed $(VENV)/.installed-dev $@
 
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
+
+# Refresh the locks: the newest versions pyproject.toml allows, for every platform,
+# with hashes. Commit the result after `make test` passes on it.
+lock: | $(BIN)/python
+	$(PIP) install '$(UV)'
+	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
+	    --python-version 3.11 --no-header --quiet -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
+	    --python-version 3.11 --no-header --quiet --extra dev -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
+	    --python-version 3.11 --no-header --quiet --extra dev --extra bench \
+	    -o requirements/bench.lock
 
 # The benchmark's Node subscriber client (graphql-ws), reinstalled only when the
 # lock file changes. Without npm, or if npm ci fails, bench/fanout.py falls back
@@ -56,8 +78,23 @@ typecheck: dev
 
 # tests/services.py finds PostgreSQL and Redis (env URLs, then localhost) or starts
 # throwaway ones from the installed binaries, and says what is missing.
-test: lint typecheck
+pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test: lint typecheck pytest
+
+# The same checks in a throwaway venv with the newest versions pyproject.toml
+# allows instead of the locks: run it before `make lock`, and now and then, so
+# that drift in a dependency shows up here and not in a fresh clone.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip --quiet install --upgrade pip
+	$(LATEST)/bin/python -m pip --quiet install --upgrade --upgrade-strategy eager -e '.[dev]'
+	touch $(LATEST)/.installed $(LATEST)/.installed-dev
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	$(MAKE) test VENV=$(LATEST)
+
 clean:
-	rm -rf $(VENV) .edumatrix .pytest_cache .mypy_cache .ruff_cache .test-services
+	rm -rf $(VENV) $(LATEST) .edumatrix .pytest_cache .mypy_cache .ruff_cache .test-services
