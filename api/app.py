@@ -31,7 +31,7 @@ from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
 from db.migrate import require_current
-from schema import build_schema, limit_rules
+from schema.build import build_schema, limit_rules
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log

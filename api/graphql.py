@@ -36,8 +36,8 @@ from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
 from db import repo
 from resolvers.emit import emit, unverified_identity
-from schema import masked
 from schema.context import Context, Services
+from schema.errors import masked
 
 log = structlog.get_logger(__name__)
 

@@ -43,8 +43,8 @@ from strawberry.types.graphql import OperationType as StrawberryOperationType
 from api.metrics import Metrics
 from api.plan import Planner
 from api.plan import Request as PlannedRequest
-from schema import masked
 from schema.context import Context
+from schema.errors import masked
 from schema.event_extension import emit_operation_events
 
 if TYPE_CHECKING:

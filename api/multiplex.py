@@ -33,10 +33,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from api.metrics import Metrics
 from api.plan import Plan
 from api.rawsocket import RawSocket, frame_text, text_frame
-from schema import masked
 from schema.announcements import ChannelEvent
 from schema.context import Context
-from schema.errors import ApiError
+from schema.errors import ApiError, masked
 from streams.bus import Bus
 from streams.envelope import Envelope, Position
 from streams.hub import HubClosed, Item, Reset

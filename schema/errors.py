@@ -3,7 +3,7 @@
 graphql-core copies an exception's ``extensions`` attribute into the error it
 reports, so raising one of these from a resolver is all it takes. Anything else
 that escapes a resolver is unexpected: it is logged and masked (:func:`should_mask`
-below, which ``schema.build_schema`` and ``api.http_fast`` use).
+below, which ``schema.build.build_schema`` and ``api.http_fast`` use).
 
     ApiError
     ├── Unauthenticated   UNAUTHENTICATED  no or bad credentials

@@ -60,7 +60,7 @@ def test_execute_cost_runs_the_publish_documents_shape() -> None:
     finally:
         sys.path.remove(str(REPO / "bench"))
     from api.settings import Settings
-    from schema import build_schema
+    from schema.build import build_schema
 
     real = build_schema(Settings(jwt_secret="s" * 40))._schema
     mirror = execute_cost.SCHEMA._schema

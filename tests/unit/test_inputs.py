@@ -20,7 +20,7 @@ from strawberry.types.arguments import convert_argument
 from strawberry.types.base import StrawberryObjectDefinition
 
 from api.settings import Settings
-from schema import build_schema
+from schema.build import build_schema
 from schema.inputs import DEFINITION, InputPlan, plan_inputs
 
 SAMPLES: dict[str, Any] = {

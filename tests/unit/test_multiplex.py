@@ -11,7 +11,7 @@ from api.metrics import Metrics
 from api.multiplex import Coalescer, Member, Multiplexer, Outbox
 from api.plan import CACHED_VARIABLES_MAX_CHARS, Planner
 from api.settings import Settings
-from schema import build_schema, limit_rules
+from schema.build import build_schema, limit_rules
 from schema.context import Context
 from streams.bus import Bus
 
