@@ -77,9 +77,12 @@ typecheck: dev
 	$(BIN)/mypy
 
 # tests/services.py finds PostgreSQL and Redis (env URLs, then localhost) or starts
-# throwaway ones from the installed binaries, and says what is missing.
+# throwaway ones from the installed binaries, and says what is missing. The second
+# pass runs every server the integration tests start with all fast paths off
+# (api/accel), so the suite proves both ways give the same answers.
 pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

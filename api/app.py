@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import strawberry
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -16,17 +17,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
+from api.accel import Decision
 from api.auth import TokenService
 from api.connections import Connections
-from api.graphql import GraphQLView
-from api.http_fast import FastHTTP
+from api.graphql import GraphQLView, multiplexed_handler_class
 from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
-from api.plan import Planner
-from api.rawsocket import WebSocketLane
+from api.plan import PlanDirect, Planner
 from api.settings import Mode, Settings
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
@@ -91,12 +91,53 @@ async def _bounded_close(step: str, close: Callable[[], Awaitable[None]], limit_
     return "closed"
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def _plan_direct(fast: Decision) -> PlanDirect | None:
+    if "direct" not in fast:
+        return None
+    from api.direct import plan_operation
+
+    return plan_operation
+
+
+def _install_fast_paths(
+    fast: Decision, schema: strawberry.Schema, view: GraphQLView, metrics: Metrics
+) -> None:
+    """Swap in each fast path that is on; every one that is off leaves the stock
+    library path in place (``api/accel`` decided, and imported each module once)."""
+    if "inputs" in fast:
+        from schema.inputs import plan_inputs
+
+        plan_inputs(schema)  # input objects without Strawberry's per-field walk
+    if "http" in fast:
+        from api.http_fast import FastHTTP
+
+        view.fast = FastHTTP(view, schema, view.planner, metrics)
+    if "multiplex" in fast:
+        view.graphql_transport_ws_handler_class = multiplexed_handler_class()
+
+
+def _middleware(fast: Decision, view: GraphQLView) -> list[Middleware]:
+    middleware = []
+    if "rawsocket" in fast:
+        from api.rawsocket import KeepServerSend
+
+        middleware.append(Middleware(KeepServerSend))
+    if "lane" in fast:
+        from api.lane import WebSocketLane
+
+        middleware.append(Middleware(WebSocketLane, path="/graphql", endpoint=view))
+    return middleware
+
+
+def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ()) -> Starlette:
+    """The app; ``extensions``: Strawberry schema extensions added after ours."""
     settings = settings or Settings()
     configure_logging(settings)
     tokens, generated_secret = TokenService.from_settings(settings)
     metrics = Metrics()
-    schema = build_schema(settings)
+    schema = build_schema(settings, extensions)
+    fast = settings.decide_fast_paths(schema.extensions)
+    fast.export(metrics.registry)
     view = GraphQLView(
         schema,
         graphql_ide="graphiql",
@@ -105,11 +146,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
     )
     view.planner = Planner(
-        schema._schema, max_tokens=settings.max_query_tokens, limit_rules=limit_rules(settings)
+        schema._schema,
+        max_tokens=settings.max_query_tokens,
+        limit_rules=limit_rules(settings),
+        plan_direct=_plan_direct(fast),
     )
     view.metrics = metrics
-    if settings.http_fast_path:
-        view.fast = FastHTTP(view, schema, view.planner, metrics)
+    _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -146,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 bus,
                 metrics,
                 outbox_limit=settings.subscriber_queue_size,
+                raw_writes="rawsocket" in fast,
             ),
             presence=presence,
         )
@@ -155,6 +199,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # objects are skipped by every collection.
         gc.collect()
         gc.freeze()
+        log.info("server.fast_paths", **fast.summary())
         log.info("server.ready", mode=settings.mode.value, bus=bus.kind, db=engine.dialect.name)
         try:
             yield {"services": services}
@@ -204,13 +249,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/graphiql", graphiql),
-        Route("/graphql", view),  # WebSockets on /graphql: WebSocketLane below
+        Route("/graphql", view),  # with the lane fast path on, WebSocketLane serves it
+        WebSocketRoute("/graphql", view),
     ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        middleware=[Middleware(WebSocketLane, path="/graphql", endpoint=view)],
-    )
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=_middleware(fast, view))
     app.state.settings = settings
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")

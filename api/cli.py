@@ -23,6 +23,18 @@ def _settings() -> Settings:
         sys.exit("edumatrix: invalid configuration:\n" + "\n".join(lines))
 
 
+def _ws_protocol(settings: Settings) -> str:
+    """The uvicorn WebSocket protocol: ours if its fast path is on, else uvicorn's
+    websockets-sansio, else whatever uvicorn picks itself."""
+    if "wsprotocol" in settings.decide_fast_paths():
+        return "api.wsprotocol:LeanWebSocketProtocol"
+    try:
+        import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+    except ImportError:
+        return "auto"
+    return "websockets-sansio"
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import structlog
     import uvicorn
@@ -49,10 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
-        # uvicorn's websockets-sansio protocol with lighter per-connection state
-        # (api/wsprotocol.py). The multiplexer writes frames straight to its
-        # transport (api/rawsocket.py); with another protocol it uses ASGI send.
-        ws="api.wsprotocol:LeanWebSocketProtocol",
+        # uvicorn's websockets-sansio protocol, with lighter per-connection state
+        # when the wsprotocol fast path is on (api/wsprotocol.py). The multiplexer
+        # writes frames straight to its transport (api/rawsocket.py); with another
+        # protocol it uses ASGI send.
+        ws=_ws_protocol(settings),
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Off by default, as in Centrifugo: with fan-out, deflate runs once per frame

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
@@ -30,14 +30,16 @@ from strawberry.types.unset import UnsetType
 
 from api.auth import AuthError
 from api.connections import FORBIDDEN, GOING_AWAY
-from api.http_fast import COMPACT_JSON, FastHTTP
+from api.encoding import COMPACT_JSON
 from api.metrics import Metrics
-from api.mux_handler import MultiplexedSubscribe
 from api.plan import Planner
 from db import repo
 from resolvers.emit import emit, unverified_identity
 from schema.context import Context, Services
 from schema.errors import masked
+
+if TYPE_CHECKING:  # fast paths, imported only when api/accel turns them on
+    from api.http_fast import FastHTTP
 
 log = structlog.get_logger(__name__)
 
@@ -65,13 +67,8 @@ class _ConnectionTracking:
                 self.context.expiry.cancel()
 
 
-class TransportWSHandler(
-    MultiplexedSubscribe, _ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]
-):
+class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]):
     async def handle(self) -> None:
-        assert isinstance(self.view, GraphQLView)
-        self.planner = self.view.planner
-        self._init_mux()
         await self._tracked(super().handle)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -109,11 +106,26 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
 
+def multiplexed_handler_class() -> type[TransportWSHandler]:
+    """graphql-transport-ws with multiplexed ``channel`` subscriptions (the
+    ``multiplex`` fast path); imported only when ``api/accel`` turns it on."""
+    from api.mux_handler import MultiplexedSubscribe
+
+    class MultiplexedTransportWSHandler(MultiplexedSubscribe, TransportWSHandler):
+        async def handle(self) -> None:
+            assert isinstance(self.view, GraphQLView)
+            self.planner = self.view.planner
+            self._init_mux()
+            await super().handle()
+
+    return MultiplexedTransportWSHandler
+
+
 class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
     planner: Planner  # set by create_app; decides which subscriptions are multiplexed
-    fast: FastHTTP | None = None  # set by create_app unless EDUMATRIX_HTTP_FAST_PATH=false
+    fast: FastHTTP | None = None  # set by create_app when the ``http`` fast path is on
     metrics: Metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,9 +145,7 @@ class GraphQLView(GraphQL[Context, None]):
             self.metrics.http_duration.observe(time.perf_counter() - started)
 
     def encode_json(self, data: object) -> str:
-        """Strawberry's output (compact separators) from one encoder: its own builds a
-        ``JSONEncoder`` per call, which was a few percent of a handshake (every
-        ``connection_ack`` and ``next`` it sends goes through here)."""
+        """Strawberry's output from one shared encoder (``api/encoding.py``)."""
         return COMPACT_JSON.encode(data)
 
     async def process_result(

@@ -23,7 +23,7 @@ Anything else is left to Strawberry, with the body replayed: GET, other content
 types, batches, documents that fail to parse or validate, an unknown operation
 name, subscriptions (SSE and multipart). ``tests/integration/test_http_fast.py``
 sends the same requests to a server with and without this path and requires the
-same status and body. ``EDUMATRIX_HTTP_FAST_PATH=false`` turns it off.
+same status and body. It is the ``http`` path of ``api/accel``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from strawberry.schema import Schema
 from strawberry.schema._graphql_core import execution_context_class_kwargs
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
+from api.encoding import COMPACT_JSON
 from api.metrics import Metrics
 from api.plan import Planner
 from api.plan import Request as PlannedRequest
@@ -50,7 +51,6 @@ from schema.event_extension import emit_operation_events
 if TYPE_CHECKING:
     from api.graphql import GraphQLView
 
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # what Strawberry's encode_json does
 _OPERATION_TYPES = {
     OperationType.QUERY: StrawberryOperationType.QUERY,
     OperationType.MUTATION: StrawberryOperationType.MUTATION,

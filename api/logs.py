@@ -6,9 +6,9 @@ reading JSON lines should not meet uvicorn's colourised text in between.
 
 Per-connection and per-request lines (uvicorn's access log, and its
 ``"WebSocket /graphql" [accepted]`` / ``connection open`` lines) are off unless
-``EDUMATRIX_ACCESS_LOG`` is set: the audit log already records who connected and
-what they did, and formatting two unstructured lines per WebSocket handshake was
-8% of the server's CPU during a connect burst (py-spy, bench/README.md).
+``EDUMATRIX_ACCESS_LOG`` is set: formatting two unstructured lines per WebSocket
+handshake was 8% of the server's CPU during a connect burst (py-spy, bench/results/).
+Successful connections are not audited yet (failed authentications are).
 """
 
 from __future__ import annotations

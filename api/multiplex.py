@@ -24,21 +24,24 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from graphql import GraphQLError, GraphQLSchema, execute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from api.frames import frame_text, text_frame
 from api.metrics import Metrics
 from api.plan import Plan
-from api.rawsocket import RawSocket, frame_text, text_frame
 from schema.announcements import ChannelEvent
 from schema.context import Context
 from schema.errors import ApiError, masked
 from streams.bus import Bus
 from streams.envelope import Envelope, Position
 from streams.hub import HubClosed, Item, Reset
+
+if TYPE_CHECKING:  # imported only when the rawsocket fast path is on (api/accel)
+    from api.rawsocket import RawSocket
 
 log = structlog.get_logger(__name__)
 
@@ -136,9 +139,13 @@ class Outbox:
         limit: int,
         on_overflow: Callable[[], None],
         coalescer: Coalescer,
+        raw: RawSocket | None = None,
     ) -> None:
+        """``raw``: the connection's transport when frames may be written to it
+        directly (the ``rawsocket`` fast path), else None: every frame takes the
+        ASGI send path."""
         self._websocket = websocket
-        self._raw = RawSocket.of(websocket)
+        self._raw = raw
         self._limit = limit
         self._on_overflow = on_overflow
         self._coalescer = coalescer
@@ -328,14 +335,25 @@ class Multiplexer:
         metrics: Metrics,
         *,
         outbox_limit: int,
+        raw_writes: bool = False,
     ) -> None:
+        """``raw_writes``: the ``rawsocket`` fast path is on (``api/accel``)."""
         self.outbox_limit = outbox_limit
+        self._raw_of: Callable[[WebSocket], RawSocket | None] | None = None
+        if raw_writes:
+            from api.rawsocket import RawSocket
+
+            self._raw_of = RawSocket.of
         self._schema = schema
         self._bus = bus
         self._metrics = metrics
         self._groups: dict[tuple[Any, ...], Group] = {}
         self._lock = asyncio.Lock()
         self.coalescer = Coalescer()  # shared by every connection's outbox
+
+    def raw_socket(self, websocket: WebSocket) -> RawSocket | None:
+        """The transport to write ``websocket``'s frames to directly, if allowed."""
+        return None if self._raw_of is None else self._raw_of(websocket)
 
     @property
     def group_count(self) -> int:

@@ -5,6 +5,12 @@ Everything a client can observe matches Strawberry's own handling: 4401 before
 ``connection_init``, 4409 for a duplicate id, the per-connection subscription limit,
 errors as a ``next`` with errors followed by ``complete``, and ``complete`` ending a
 subscription. Documents the planner declines fall through to Strawberry.
+
+A multiplexed operation is registered in Strawberry's own ``operations``, as an
+:class:`_Op`, so that one count governs both paths: Strawberry's duplicate-id and
+subscription-limit checks see multiplexed operations, and ours see Strawberry's.
+Strawberry touches other entries only by its own operations' ids; ``complete`` and
+``shutdown`` take ours out before its code would treat them as its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from streams.envelope import Position
 
 @dataclass(eq=False, slots=True)
 class _Op:
+    """A multiplexed operation, in the handler's ``operations`` by its id."""
+
     key: tuple[Any, ...]  # the group's
     channel: str
     member: Member
@@ -38,11 +46,10 @@ class MultiplexedSubscribe:
     """Mixin for :class:`BaseGraphQLTransportWSHandler` subclasses."""
 
     context: Context
-    operations: dict[str, Any]
+    operations: dict[str, Any]  # Strawberry's Operation objects and our _Op
     connection_acknowledged: bool
     max_subscriptions_per_connection: int | None
     planner: Planner
-    _mux_ops: dict[str, _Op]
     _outbox: Outbox | None
 
     if TYPE_CHECKING:  # provided by the protocol handler this is mixed into
@@ -50,7 +57,6 @@ class MultiplexedSubscribe:
         async def send_message(self, message: Any) -> None: ...
 
     def _init_mux(self) -> None:
-        self._mux_ops = {}
         self._outbox = None
 
     async def handle_subscribe(self, message: Any) -> None:
@@ -61,11 +67,12 @@ class MultiplexedSubscribe:
             return
         websocket = self.context.request
         assert isinstance(websocket, WebSocket)
-        if op_id in self.operations or op_id in self._mux_ops:
+        # Strawberry's checks, on the same dict its own path checks.
+        if op_id in self.operations:
             await websocket.close(code=4409, reason=f"Subscriber for {op_id} already exists")
             return
         limit = self.max_subscriptions_per_connection
-        if limit is not None and len(self.operations) + len(self._mux_ops) >= limit:
+        if limit is not None and len(self.operations) >= limit:
             error = GraphQLError("Subscription limit reached")
             await self.send_message({"id": op_id, "type": "error", "payload": [error.formatted]})
             return
@@ -83,11 +90,12 @@ class MultiplexedSubscribe:
                 services.mux.outbox_limit,
                 self.context.on_overflow,
                 services.mux.coalescer,
+                services.mux.raw_socket(websocket),
             )
             services.metrics.mux_connections.labels(write=self._outbox.write_path).inc()
         prefix = ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
         member = Member(op_id, self._outbox, prefix)
-        self._mux_ops[op_id] = _Op(plan.group_key(self.context), channel.name, member)
+        self.operations[op_id] = _Op(plan.group_key(self.context), channel.name, member)
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
         await services.mux.join(plan, self.context, member, since)
         emit(
@@ -103,10 +111,12 @@ class MultiplexedSubscribe:
         message.clear()
 
     async def handle_complete(self, message: Any) -> None:
-        op = self._mux_ops.pop(message.get("id"), None)
-        if op is None:
+        op_id = message.get("id")
+        op = self.operations.get(op_id)
+        if not isinstance(op, _Op):
             await super().handle_complete(message)  # type: ignore[misc]
             return
+        del self.operations[op_id]
         await self._leave(op)
 
     async def _leave(self, op: _Op) -> None:
@@ -121,9 +131,11 @@ class MultiplexedSubscribe:
         )
 
     async def shutdown(self) -> None:
-        for op in list(self._mux_ops.values()):
-            await self._leave(op)
-        self._mux_ops.clear()
+        # Before Strawberry's shutdown, which would cancel every entry's task.
+        for op_id, op in list(self.operations.items()):
+            if isinstance(op, _Op):
+                del self.operations[op_id]
+                await self._leave(op)
         if self._outbox is not None:
             await self._outbox.close()
             self.context.services.metrics.mux_connections.labels(

@@ -5,24 +5,35 @@ A plan is made only for a valid document (same parser token limit, depth and ali
 limits as the schema's extensions) whose operation is a subscription with exactly
 one root field, ``channel``, and no directives on it. Anything else returns None and
 Strawberry handles it, errors included, exactly as before.
+
+A plan is per viewer when its selection reads a field the schema declares
+viewer-dependent (:mod:`schema.viewer`), found with type information, so through
+fragments and on nested types too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any
 
 from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
+    GraphQLOutputType,
     GraphQLSchema,
+    Node,
     OperationDefinitionNode,
     OperationType,
+    TypeInfo,
+    TypeInfoVisitor,
     Visitor,
     get_operation_ast,
     parse,
@@ -34,11 +45,16 @@ from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.language import VariableNode
 from graphql.validation import ASTValidationRule
 
-from api.direct import DirectOperation, plan_operation
 from schema.context import Context
+from schema.viewer import is_viewer_dependent
 
-# Fields of ChannelEvent (and below) whose value depends on who is looking.
-VIEWER_FIELDS = frozenset({"fromMe"})
+if TYPE_CHECKING:  # the ``direct`` fast path, imported only when api/accel turns it on
+    from api.direct import DirectOperation
+
+PlanDirect = Callable[
+    [GraphQLSchema, DocumentNode, OperationDefinitionNode], "DirectOperation | None"
+]
+
 _VARIABLES_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 # Plans are cached only for variables up to this size (a channel name and a
 # position are ~100 bytes): the cache outlives subscribers, and a client must not
@@ -74,20 +90,88 @@ class Request:
     direct: DirectOperation | None = None  # api.direct's plan, when it has one
 
 
-_Prepared = tuple[str, DocumentNode, OperationDefinitionNode, DirectOperation | None]
+_Prepared = tuple[str, DocumentNode, OperationDefinitionNode, "DirectOperation | None"]
+
+
+def viewer_dependent_fields(schema: GraphQLSchema) -> frozenset[tuple[str, str]]:
+    """(parent type, field) of every field whose value depends on the viewer.
+
+    An interface's field counts when any implementation declares it: a selection
+    through the interface may reach that implementation.
+    """
+    declared = {
+        (named.name, name)
+        for named in schema.type_map.values()
+        if isinstance(named, GraphQLObjectType | GraphQLInterfaceType)
+        for name, field in named.fields.items()
+        if is_viewer_dependent(field)
+    }
+    for named in schema.type_map.values():
+        if isinstance(named, GraphQLInterfaceType):
+            declared.update(
+                (named.name, name)
+                for implementation in schema.get_possible_types(named)
+                for name in named.fields
+                if (implementation.name, name) in declared
+            )
+    return frozenset(declared)
 
 
 class _Collect(Visitor):
-    def __init__(self) -> None:
+    """The variables a selection reads, whether it reads a viewer-dependent field,
+    and the fragments it spreads; run inside a :class:`TypeInfoVisitor`, which knows
+    each field's parent type."""
+
+    def __init__(self, type_info: TypeInfo, viewer_fields: frozenset[tuple[str, str]]) -> None:
         super().__init__()
+        self.type_info = type_info
+        self.viewer_fields = viewer_fields
         self.variables: set[str] = set()
-        self.fields: set[str] = set()
+        self.spreads: set[str] = set()
+        self.per_viewer = False
 
     def enter_variable(self, node: VariableNode, *_: Any) -> None:
         self.variables.add(node.name.value)
 
+    def enter_fragment_spread(self, node: FragmentSpreadNode, *_: Any) -> None:
+        self.spreads.add(node.name.value)
+
     def enter_field(self, node: FieldNode, *_: Any) -> None:
-        self.fields.add(node.name.value)
+        parent = self.type_info.get_parent_type()
+        if parent is not None and (parent.name, node.name.value) in self.viewer_fields:
+            self.per_viewer = True
+
+
+def _read_selection(
+    schema: GraphQLSchema,
+    field: FieldNode,
+    field_type: GraphQLOutputType,
+    document: DocumentNode,
+    viewer_fields: frozenset[tuple[str, str]],
+) -> tuple[set[str], bool]:
+    """The variables ``field``'s selection reads (not its arguments) and whether it
+    reads a viewer-dependent field, following its fragment spreads, nested ones too."""
+    fragments = {
+        definition.name.value: definition
+        for definition in document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
+    variables: set[str] = set()
+    per_viewer = False
+    pending: list[tuple[Node, TypeInfo]] = []
+    if field.selection_set is not None:
+        pending.append((field.selection_set, TypeInfo(schema, field_type)))
+    seen: set[str] = set()
+    while pending:
+        node, type_info = pending.pop()
+        inner = _Collect(type_info, viewer_fields)
+        visit(node, TypeInfoVisitor(type_info, inner))
+        variables |= inner.variables
+        per_viewer = per_viewer or inner.per_viewer
+        for name in inner.spreads - seen:  # validated: every spread names a fragment
+            seen.add(name)
+            pending.append((fragments[name], TypeInfo(schema)))
+    return variables, per_viewer
 
 
 class Planner:
@@ -97,10 +181,13 @@ class Planner:
         *,
         max_tokens: int,
         limit_rules: Sequence[type[ASTValidationRule]],
+        plan_direct: PlanDirect | None = None,
     ) -> None:
-        """``limit_rules``: the schema's own (``schema.limit_rules``), so both paths
-        refuse exactly the same documents."""
+        """``limit_rules``: the schema's own (``schema.build.limit_rules``), so both
+        paths refuse exactly the same documents. ``plan_direct``:
+        ``api.direct.plan_operation`` when the ``direct`` fast path is on."""
         self._schema = schema
+        self._plan_direct = plan_direct
         self._rules = [*specified_rules, *limit_rules]
         self._max_tokens = max_tokens
         self._checked = lru_cache(maxsize=1024)(self._parse_and_validate)
@@ -129,7 +216,9 @@ class Planner:
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
-        return query, document, operation, plan_operation(self._schema, document, operation)
+        plan_direct = self._plan_direct
+        direct = None if plan_direct is None else plan_direct(self._schema, document, operation)
+        return query, document, operation, direct
 
     def _request(self, payload: object) -> Request | None:
         """The valid document a GraphQL request payload names, with its operation
@@ -137,7 +226,9 @@ class Planner:
         if not isinstance(payload, dict):
             return None
         query, operation_name = payload.get("query"), payload.get("operationName")
-        raw_variables = payload.get("variables") or {}
+        raw_variables = payload.get("variables")
+        if raw_variables is None:  # only missing or null means none: Strawberry
+            raw_variables = {}  # refuses 0, false, "" and [] as it does [1]
         if not isinstance(query, str) or not isinstance(raw_variables, dict):
             return None
         if operation_name is not None and not isinstance(operation_name, str):
@@ -225,10 +316,15 @@ class Planner:
         root = selections[0] if len(selections) == 1 else None
         if not isinstance(root, FieldNode) or root.name.value != "channel" or root.directives:
             return None
-        inner = _Collect()
-        if root.selection_set is not None:
-            visit(root.selection_set, inner)
-        for definition in document.definitions:
-            if isinstance(definition, FragmentDefinitionNode):
-                visit(definition, inner)
-        return root, tuple(sorted(inner.variables)), bool(inner.fields & VIEWER_FIELDS)
+        subscription = self._schema.subscription_type
+        assert subscription is not None  # the document validated as a subscription
+        field_type = subscription.fields["channel"].type
+        variables, per_viewer = _read_selection(
+            self._schema, root, field_type, document, self._viewer_fields
+        )
+        return root, tuple(sorted(variables)), per_viewer
+
+    @cached_property
+    def _viewer_fields(self) -> frozenset[tuple[str, str]]:
+        """Computed on the first subscription planned, from the schema this plans for."""
+        return viewer_dependent_fields(self._schema)

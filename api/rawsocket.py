@@ -17,67 +17,29 @@ falls back to the ASGI ``send`` path, which every other server keeps using.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
-
-try:
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-except ImportError:  # pragma: no cover - an older uvicorn: every write takes the ASGI path
-    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 SEND_KEY = "edumatrix.server_send"
 
 
-class WebSocketLane:
-    """ASGI middleware: keep the server's own ``send`` in WebSocket scopes, and hand
-    WebSockets for ``path`` straight to ``endpoint``.
+class KeepServerSend:
+    """ASGI middleware: keep the server's own ``send`` in WebSocket scopes.
 
     Starlette wraps ``send`` for its exception handling; the original callable is
-    what tells us which protocol object owns the connection. The direct hand-off
-    skips Starlette's exception middleware and router, whose coroutine frames every
-    open subscription otherwise keeps suspended for its whole life (~1.8 KB per
-    connection) and which do nothing for a WebSocket the GraphQL view owns.
-
-    HTTP requests for ``path`` take the same lane: the router would only match the
-    path and call the same endpoint, and its exception middleware has nothing to
-    catch there (the view answers its own errors). In process, those two layers
-    were about 5% of a publish's CPU.
+    what tells :meth:`RawSocket.of` which protocol object owns the connection.
     """
 
-    def __init__(self, app: ASGIApp, path: str, endpoint: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.path = path
-        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "websocket":
+        if scope["type"] == "websocket":
             scope[SEND_KEY] = send
-        if kind != "lifespan" and get_route_path(scope) == self.path:
-            await self.endpoint(scope, receive, send)
-            return
         await self.app(scope, receive, send)
-
-
-def text_frame(message: bytes) -> bytes:
-    """An unmasked, unfragmented RFC 6455 text frame (server to client)."""
-    n = len(message)
-    if n < 126:
-        return bytes((0x81, n)) + message
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + message
-    return struct.pack("!BBQ", 0x81, 127, n) + message
-
-
-def frame_text(frame: bytes) -> str:
-    """The message a frame from :func:`text_frame` carries (for the ASGI fallback)."""
-    size = frame[1]
-    start = 2 if size < 126 else 4 if size == 126 else 10
-    return frame[start:].decode()
 
 
 class RawSocket:
@@ -90,8 +52,6 @@ class RawSocket:
 
     @classmethod
     def of(cls, websocket: WebSocket) -> RawSocket | None:
-        if WebSocketsSansIOProtocol is None:  # pragma: no cover
-            return None
         protocol = getattr(websocket.scope.get(SEND_KEY), "__self__", None)
         if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None

@@ -8,12 +8,15 @@ README's configuration table lists them. Nothing here is a module-level global:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from api.accel import NAMES, Decision, decide
 
 # Shortest HS256 secret we accept outside embedded mode (RFC 7518 §3.2: key >= hash size).
 MIN_SECRET_BYTES = 32
@@ -87,9 +90,17 @@ class Settings(BaseSettings):
         default=False,
         description="permessage-deflate on WebSockets: compresses every frame per subscriber",
     )
+    fast_paths: bool = Field(
+        default=True,
+        description="the one switch for every fast path of api/accel; false: stock paths only",
+    )
+    fast_paths_off: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated fast paths to keep off (names in api/accel)",
+    )
     http_fast_path: bool = Field(
         default=True,
-        description="execute cached queries and mutations without Strawberry's HTTP view",
+        description="false is the same as listing http (and so direct) in fast_paths_off",
     )
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -104,13 +115,27 @@ class Settings(BaseSettings):
         description="a log line per HTTP request and per accepted WebSocket (uvicorn's access log)",
     )
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "fast_paths_off", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         """Accept the comma-separated form people actually type in env files."""
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("fast_paths_off")
+    @classmethod
+    def _known_paths(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - NAMES)
+        if unknown:
+            raise ValueError(f"unknown fast paths {unknown}; known: {sorted(NAMES)}")
+        return value
+
+    def decide_fast_paths(self, extensions: Iterable[object] | None = None) -> Decision:
+        """Which fast paths this process runs (``api/accel``); ``extensions``: the
+        schema's, once it exists."""
+        off = [*self.fast_paths_off, *(() if self.http_fast_path else ("http",))]
+        return decide(enabled=self.fast_paths, off=off, extensions=extensions)
 
     @field_validator("database_url")
     @classmethod

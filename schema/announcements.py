@@ -15,6 +15,7 @@ from schema.alerts import Alert
 from schema.context import Context
 from schema.notifications import Notification
 from schema.scalars import Long
+from schema.viewer import VIEWER_DEPENDENT
 from streams.envelope import Envelope, Position
 
 
@@ -135,6 +136,7 @@ class ChannelEvent:
     from_me: bool = strawberry.field(
         resolver=_from_me,
         description="True when you published this message (depends on the viewer).",
+        metadata=VIEWER_DEPENDENT,
     )
 
     @classmethod

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from graphql.validation import ASTValidationRule
@@ -31,7 +32,6 @@ from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.directory import Institution, Me
 from schema.errors import masked, should_mask
 from schema.event_extension import EmitEvents
-from schema.inputs import plan_inputs
 from schema.notifications import Notification, NotifyResult
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 from schema.scalars import SCALAR_MAP
@@ -50,7 +50,14 @@ def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:
     ]
 
 
-def build_schema(settings: Settings) -> strawberry.Schema:
+def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawberry.Schema:
+    """The schema with its limits, caches, masking and event extensions, then
+    ``extensions`` (for deployments and tests that add their own; a fast path that
+    does not know one leaves it to the stock path, see ``api/accel``).
+
+    Input objects are planned (``schema.inputs.plan_inputs``) by the caller when
+    the ``inputs`` fast path is on."""
+
     @strawberry.type
     class Query:
         institutions: list[Institution] = strawberry.field(
@@ -151,7 +158,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             partial(ValidationCache, maxsize=1024),
             partial(MaskErrors, should_mask_error=should_mask),
             EmitEvents,
+            *extensions,
         ],
     )
-    plan_inputs(schema)  # input objects without Strawberry's per-field walk
     return schema

@@ -25,8 +25,16 @@ def token(user_id: str, *, ttl: int = 600) -> str:
     return TOKENS.mint(**demo_claims(user_id), ttl_seconds=ttl)
 
 
+def stock_only() -> bool:
+    """True in the suite's second pass, which runs servers with every fast path off
+    (``make test`` sets ``EDUMATRIX_TEST_FAST_PATHS=off``), so both ways are proven."""
+    return os.environ.get("EDUMATRIX_TEST_FAST_PATHS", "on") == "off"
+
+
 def base_env(workdir: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDUMATRIX_")}
+    if stock_only():
+        env["EDUMATRIX_FAST_PATHS"] = "false"
     env["EDUMATRIX_JWT_SECRET"] = SECRET
     env["EDUMATRIX_DATA_DIR"] = str(workdir / ".edumatrix")
     env["PYTHONPATH"] = str(REPO)

@@ -40,6 +40,7 @@ async def ready(client: GraphQLWS, user: str, query: str, variables: dict[str, A
     return await client.subscribe(query, variables)
 
 
+@pytest.mark.fast_paths
 async def test_multiplexed_equals_per_subscriber_execution(embedded_server: ServerProcess) -> None:
     """graphql-transport-ws goes through the multiplexer; legacy graphql-ws through
     Strawberry's own per-subscriber execution. Same viewer, same bytes of data."""
@@ -72,6 +73,7 @@ async def test_multiplexed_equals_per_subscriber_execution(embedded_server: Serv
             await ctx.__aexit__(None, None, None)
 
 
+@pytest.mark.fast_paths
 async def test_viewer_independent_documents_share_one_group(
     embedded_server: ServerProcess,
 ) -> None:
@@ -138,23 +140,43 @@ async def test_documents_the_planner_declines_still_work(embedded_server: Server
     assert data["channel"]["announcement"]["title"] == "via strawberry"
 
 
-async def test_subscription_limit_counts_multiplexed_operations(make_server: Any) -> None:
+# SHARED, but Strawberry serves it itself: the planner declines a root field inside
+# an inline fragment.
+VIA_STRAWBERRY = (
+    "subscription($n: String!) { ... on Subscription { channel(name: $n) { offset } } }"
+)
+
+
+@pytest.mark.parametrize("order", ["MMM", "MMS", "MSS", "SMM", "SSM", "SMS", "SSS"])
+async def test_subscription_limit_counts_both_paths(make_server: Any, order: str) -> None:
+    """One limit for multiplexed (M) and Strawberry-served (S) subscriptions together,
+    in any order; the refusal is Strawberry's own frame, and ``complete`` on either
+    path frees a place."""
     server: ServerProcess = make_server(max_subscriptions_per_connection="2")
     server.cli("migrate")
     server.cli("seed-demo")
     server.start()
+    documents = {"M": SHARED, "S": VIA_STRAWBERRY}
+    channels = (MATH_101, "institution:northwood", "institution:northwood:alerts")
     async with connect(server.ws_url) as client:
-        await ready(client, "nw-cy", SHARED, {"n": MATH_101})
-        await client.subscribe(SHARED, {"n": "institution:northwood"})
-        third = await client.subscribe(SHARED, {"n": "institution:northwood:alerts"})
+        assert (await client.init(token("nw-cy")))["type"] == "connection_ack"
+        ids = [
+            await client.subscribe(documents[kind], {"n": channel})
+            for kind, channel in zip(order, channels, strict=True)
+        ]
         message = await client.recv()
-    assert message == {
-        "id": third,
-        "type": "error",
-        "payload": [{"message": "Subscription limit reached"}],
-    }
+        assert message == {
+            "id": ids[2],
+            "type": "error",
+            "payload": [{"message": "Subscription limit reached"}],
+        }
+        await client.send({"id": ids[0], "type": "complete"})
+        await client.subscribe(documents[order[2]], {"n": channels[0]})
+        with pytest.raises(TimeoutError):  # taken, so nothing to say until a publish
+            await client.recv(wait=0.5)
 
 
+@pytest.mark.fast_paths
 async def test_compressed_connections_take_the_asgi_path(make_server: Any) -> None:
     """With permessage-deflate negotiated, frames cannot be written raw: the same
     subscriber gets the same data through the ASGI send path, compressed."""

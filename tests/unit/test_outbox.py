@@ -8,11 +8,11 @@ the same attributes the outbox reads (writable event, close_sent, transport).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import api.multiplex
 from api.multiplex import Coalescer, Outbox
 from api.rawsocket import RawSocket
 
@@ -37,16 +37,21 @@ class FakeProtocol:
         self.close_sent = False
 
 
+_protocols: list[FakeProtocol] = []  # the current test's, for outbox()
+
+
 @pytest.fixture
-def protocol(monkeypatch: pytest.MonkeyPatch) -> FakeProtocol:
+def protocol() -> Iterator[FakeProtocol]:
     fake = FakeProtocol()
-    monkeypatch.setattr(api.multiplex.RawSocket, "of", classmethod(lambda cls, ws: RawSocket(fake)))
-    return fake
+    _protocols.append(fake)
+    yield fake
+    _protocols.remove(fake)
 
 
 def outbox(limit: int = 4) -> tuple[Outbox, list[str]]:
     overflowed: list[str] = []
-    box = Outbox(Any, limit, lambda: overflowed.append("4008"), Coalescer())  # type: ignore[arg-type]
+    raw = RawSocket(_protocols[-1])
+    box = Outbox(Any, limit, lambda: overflowed.append("4008"), Coalescer(), raw)  # type: ignore[arg-type]
     assert box.write_path == "direct"
     return box, overflowed
 
@@ -84,8 +89,7 @@ async def test_connections_of_one_burst_flush_together(protocol: FakeProtocol) -
     fakes = [FakeProtocol() for _ in range(3)]
     boxes = []
     for fake in fakes:
-        box = Outbox(Any, 10, lambda: None, coalescer)  # type: ignore[arg-type]
-        box._raw = RawSocket(fake)  # each its own connection, not the fixture's
+        box = Outbox(Any, 10, lambda: None, coalescer, RawSocket(fake))  # type: ignore[arg-type]
         boxes.append(box)
     coalescer.holding = True
     for message in (b"m1", b"m2"):

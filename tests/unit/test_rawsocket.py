@@ -9,7 +9,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from api.rawsocket import frame_text, text_frame
+from api.frames import frame_text, text_frame
 
 
 def parse(data: bytes) -> Frame:
