@@ -19,8 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from broadcaster import Event
-from broadcaster._backends.base import BroadcastBackend
+from broadcaster import BroadcastBackend, Event
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
