@@ -7,6 +7,7 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -20,7 +21,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from api.accel import Decision
+from api.admission import Admission
 from api.auth import TokenService
+from api.body_limit import BodyLimit
+from api.clientinfo import TrustedProxies
 from api.connections import Connections
 from api.graphql import GraphQLView, multiplexed_handler_class
 from api.logs import configure_logging
@@ -28,6 +32,7 @@ from api.metrics import Metrics
 from api.multiplex import Multiplexer
 from api.plan import PlanDirect, Planner
 from api.settings import Mode, Settings
+from db.audit_trail import AuditTrail
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
 from db.migrate import require_current
@@ -152,6 +157,9 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         plan_direct=_plan_direct(fast),
     )
     view.metrics = metrics
+    view.admission = admission = Admission(
+        settings, metrics, paced_memory="ratelimit_memory" in fast
+    )
     _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager
@@ -176,6 +184,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         presence = build_presence(settings)
         await presence.start()
         announcements = AnnouncementWriter(engine)
+        audit = AuditTrail(sessions, per_minute=settings.audit_failed_auth_per_minute)
         services = Services(
             sessions=sessions,
             announcements=announcements,
@@ -192,6 +201,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
                 raw_writes="rawsocket" in fast,
             ),
             presence=presence,
+            audit=audit,
+            trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
         )
         # Everything built so far (schema, SQLAlchemy metadata, imported modules)
         # lives as long as the process; the cyclic GC's full collections walked all
@@ -208,7 +219,9 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
                 ("presence", presence.close, 5.0),  # members of this process leave now
                 ("events", events.close, 10.0),  # flush buffered events first
                 ("announcements", announcements.close, 5.0),
+                ("audit", audit.close, 5.0),  # queued rows and open failed-auth counts
                 ("bus", bus.close, 5.0),
+                ("admission", admission.close, 5.0),  # its Redis pool, if any
                 ("database", engine.dispose, 5.0),
             ]
             for step, close, limit_s in steps:
@@ -252,7 +265,11 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         Route("/graphql", view),  # with the lane fast path on, WebSocketLane serves it
         WebSocketRoute("/graphql", view),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=_middleware(fast, view))
+    # The body limit goes first: no other layer should read a body it refuses.
+    refuse_body = partial(admission.refused, "body_bytes")
+    body_limit = Middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=refuse_body)
+    first = [body_limit] if settings.max_body_bytes else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[*first, *_middleware(fast, view)])
     app.state.settings = settings
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")

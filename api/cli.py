@@ -42,12 +42,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from api.logs import configure_logging
 
     settings = _settings()  # fail here, with a readable message, not in each worker
+    problem = settings.exposure_problem(args.host)
+    if problem is not None:
+        sys.exit(f"edumatrix serve: {problem}")
+    certfile, keyfile = _tls_files(args, settings)
     configure_logging(settings)  # the supervisor's own lines (--workers) look the same
+    scheme = "https" if certfile else "http"
     structlog.get_logger("api.cli").info(
         "server.serving",
-        url=f"http://{args.host}:{args.port}",
+        url=f"{scheme}://{args.host}:{args.port}",
         mode=settings.mode.value,
-        graphiql=f"http://{args.host}:{args.port}/graphql",
+        graphiql=f"{scheme}://{args.host}:{args.port}/graphql",
+        tls=bool(certfile),
     )
     uvicorn.run(
         "api.app:create_app",
@@ -61,6 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is ours to read (api/clientinfo.py, EDUMATRIX_TRUSTED_PROXIES):
+        # uvicorn's own handling, on by default, trusts 127.0.0.1 and rewrites the
+        # client address before the app sees the real peer.
+        proxy_headers=False,
         # uvicorn's websockets-sansio protocol, with lighter per-connection state
         # when the wsprotocol fast path is on (api/wsprotocol.py). The multiplexer
         # writes frames straight to its transport (api/rawsocket.py); with another
@@ -71,7 +81,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # Off by default, as in Centrifugo: with fan-out, deflate runs once per frame
         # per subscriber; it was 23% of server CPU at saturation with browsers' offer.
         ws_per_message_deflate=settings.ws_compression,
+        # One bound for what a client may send in one piece: an HTTP body or a
+        # WebSocket message (uvicorn's default for the latter was 16 MiB).
+        ws_max_size=settings.max_body_bytes,
+        # HTTPS and WSS on the same port; None serves plain HTTP.
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
+
+
+def _tls_files(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None]:
+    """Certificate and key (flags over settings), loaded once here so that a wrong
+    path or a key that does not match its certificate stops ``serve`` with one line
+    instead of a traceback from every uvicorn worker."""
+    import ssl
+
+    certfile = args.ssl_certfile or settings.ssl_certfile
+    keyfile = args.ssl_keyfile or settings.ssl_keyfile
+    if certfile is None:
+        if keyfile is not None:
+            sys.exit("edumatrix serve: --ssl-keyfile needs --ssl-certfile")
+        return None, None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        sys.exit(f"edumatrix serve: cannot use TLS certificate {certfile} / key {keyfile}: {exc}")
+    return str(certfile), str(keyfile) if keyfile is not None else None
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -190,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="server processes (needs Redis)")
+    serve.add_argument(
+        "--ssl-certfile", help="PEM certificate: serve HTTPS and WSS (EDUMATRIX_SSL_CERTFILE)"
+    )
+    serve.add_argument(
+        "--ssl-keyfile", help="PEM private key of the certificate (EDUMATRIX_SSL_KEYFILE)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema (Alembic)")

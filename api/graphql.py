@@ -4,22 +4,32 @@ Authentication happens here, once per HTTP request or WebSocket connection. A
 WebSocket whose ``connection_init`` carries no valid token is closed with 4403
 before any operation runs, in both protocols (legacy ``graphql-ws`` would
 otherwise use 1011), and a connection is closed with 4403 when its token expires.
+
+Admission control (``api/admission.py``) is applied here too: connections per IP
+and per subject, inbound messages per connection, operations per subject and
+mutations per subject (HTTP 429 with ``Retry-After``, or an error for that
+WebSocket operation), failed authentications per IP, and the ``connection_init``
+timeout of legacy ``graphql-ws`` (Strawberry has one for graphql-transport-ws only).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from cross_web import HTTPException  # the error type Strawberry's view answers with
+from graphql import GraphQLError, OperationDefinitionNode, OperationType
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -28,15 +38,33 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMe
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
+from api.admission import (
+    FLOOD,
+    FLOODED,
+    INIT_TIMEOUT,
+    TOO_MANY,
+    TOO_MANY_AUTH_FAILURES,
+    TOO_MANY_CONNECTIONS,
+    Admission,
+    Refused,
+)
+from api.auditing import (
+    CloseWatch,
+    auth_failed,
+    limit_hit,
+    with_request_id,
+    ws_closed,
+    ws_opened,
+)
 from api.auth import AuthError
+from api.clientinfo import request_id
 from api.connections import FORBIDDEN, GOING_AWAY
-from api.encoding import COMPACT_JSON
+from api.encoding import COMPACT_JSON, UNSAFE_TEXT, unsafe_text
 from api.metrics import Metrics
 from api.plan import Planner
-from db import repo
-from resolvers.emit import emit, unverified_identity
+from resolvers.emit import emit
 from schema.context import Context, Services
-from schema.errors import masked
+from schema.errors import RateLimited, masked
 
 if TYPE_CHECKING:  # fast paths, imported only when api/accel turns them on
     from api.http_fast import FastHTTP
@@ -45,9 +73,20 @@ log = structlog.get_logger(__name__)
 
 
 class _ConnectionTracking:
-    """Shared by both protocol handlers: count the connection, stop the expiry timer."""
+    """Shared by both protocol handlers: count the connection, stop the expiry timer,
+    audit the close of an accepted connection, admit connections and operations
+    (``api/admission.py``; inbound frames are counted in ``GraphQLView.__call__``)."""
 
     context: Context
+    protocol: str
+    view: Any  # the GraphQLView
+    websocket: Any  # Strawberry's adapter
+    connection_acknowledged: bool
+    _operations_attr: str  # the handler's dict of open operations
+
+    if TYPE_CHECKING:  # provided by the protocol handler this is mixed into
+
+        async def send_message(self, message: Any) -> None: ...
 
     async def _tracked(self, handle: Any) -> None:
         services = self.context.services
@@ -56,23 +95,87 @@ class _ConnectionTracking:
         if services.connections.draining:
             await websocket.close(code=GOING_AWAY, reason="server shutting down")
             return
+        admission: Admission = self.view.admission
+        ip = self.context.origin[0]
+        if not admission.open_ip(ip):
+            await limit_hit(self.context, "ip_connections")
+            await websocket.close(code=TOO_MANY, reason=TOO_MANY_CONNECTIONS)
+            return
+        setattr(self, self._operations_attr, admission.operations(self.context))
         services.connections.add(websocket)
         services.metrics.connections.inc()
         try:
             await handle()
         finally:
+            if websocket.scope.get(FLOODED):  # the handler has ended; now the close
+                await services.connections.close(websocket, TOO_MANY, FLOOD)
+                await limit_hit(self.context, "ws_messages")
             services.metrics.connections.dec()
             services.connections.discard(websocket)
             if self.context.expiry is not None:
                 self.context.expiry.cancel()
+            admission.close_ip(ip)
+            if self.context.viewer is not None:  # set only with a subject slot taken
+                admission.close_subject(self.context.viewer)
+            ws_closed(self.context, self.protocol)
+
+    async def _over_limit(
+        self,
+        message: dict[str, Any],
+        start: str,
+        error_frame: Callable[[str, GraphQLError], dict[str, Any]],
+    ) -> bool:
+        """Refuse a new operation over the subject's subscription or mutation limit
+        with an error for that operation (code RATE_LIMITED); True if refused.
+
+        Anything Strawberry itself answers (before ``connection_init``, a duplicate
+        id) is left to it.
+        """
+        op_id = message.get("id")
+        viewer = self.context.viewer
+        if (
+            message.get("type") != start
+            or not self.connection_acknowledged
+            or not isinstance(op_id, str)
+            or viewer is None
+            or op_id in getattr(self, self._operations_attr)
+        ):
+            return False
+        # Queries and mutations; None for subscriptions and for invalid documents.
+        request = self.view.planner.operation(message.get("payload"))
+        try:
+            if request is None:
+                self.view.admission.admit_subscription(viewer)
+            elif request.operation.operation is OperationType.MUTATION:
+                await self.view.admit_mutation(self.context, request.operation)
+        except RateLimited as exc:
+            error = GraphQLError(str(exc), extensions=exc.extensions)
+            await self.send_message(error_frame(op_id, error))
+            if request is None:  # a mutation's refusal is recorded by admit_mutation
+                await limit_hit(self.context, exc.limit)
+            return True
+        return False
 
 
 class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]):
+    protocol = "graphql-transport-ws"
+    _operations_attr = "operations"
+
     async def handle(self) -> None:
         await self._tracked(super().handle)
 
+    async def handle_message(self, message: Any) -> None:
+        if await _refused(self, message, "subscribe", _transport_ws_error):
+            return
+        if await self._over_limit(message, "subscribe", _transport_ws_error):
+            return
+        await super().handle_message(message)
+
     async def handle_connection_init(self, message: Any) -> None:
-        await super().handle_connection_init(message)
+        try:
+            await super().handle_connection_init(message)
+        except Refused as exc:  # over an admission limit: 4429, not Strawberry's 4403
+            await self.websocket.close(code=exc.code, reason=exc.reason)
         if self.connection_init_received:
             # Strawberry cancelled its timeout task above but keeps the Task object
             # (~1.5 KB with its coroutine) for the life of the connection.
@@ -80,10 +183,48 @@ class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Cont
 
 
 class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
+    protocol = "graphql-ws"
+    _operations_attr = "tasks"
+    _init_received = False
+    _init_timer: asyncio.TimerHandle | None = None
+    _init_timeout_close: asyncio.Task[None] | None = None
+
     async def handle(self) -> None:
-        await self._tracked(super().handle)
+        # Strawberry's legacy handler waits for connection_init forever; a socket
+        # that never sends it is closed like graphql-transport-ws closes it.
+        delay = self.view.connection_init_wait_timeout.total_seconds()
+        self._init_timer = asyncio.get_running_loop().call_later(delay, self._init_timed_out)
+        try:
+            await self._tracked(super().handle)
+        finally:
+            self._init_timer.cancel()
+
+    def _init_timed_out(self) -> None:
+        if self._init_received:
+            return
+        websocket = self.context.request
+        assert isinstance(websocket, WebSocket)
+        close = self.context.services.connections.close(
+            websocket, INIT_TIMEOUT, "Connection initialisation timeout"
+        )
+        self._init_timeout_close = asyncio.get_running_loop().create_task(close)
+
+    async def handle_message(self, message: Any) -> None:
+        if await _refused(self, message, "start", _legacy_error):
+            return
+        if await self._over_limit(message, "start", _legacy_error):
+            return
+        await super().handle_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        if self._init_timeout_close is not None:  # too late: the socket is being closed
+            return
+        if self._init_received:  # each would take a subject slot and a keep-alive task
+            await self.websocket.close(code=TOO_MANY, reason="Too many initialisation requests")
+            return
+        self._init_received = True
+        if self._init_timer is not None:
+            self._init_timer.cancel()
         payload = message.get("payload")
         if payload is not None and not isinstance(payload, dict):
             await self.send_message({"type": "connection_error"})
@@ -97,6 +238,11 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
             await self.send_message({"type": "connection_error", "payload": exc.payload})
             await self.websocket.close(code=FORBIDDEN, reason="Forbidden")
             return
+        except Refused as exc:
+            payload = {"message": exc.reason, "code": "RATE_LIMITED"}
+            await self.send_message({"type": "connection_error", "payload": payload})
+            await self.websocket.close(code=exc.code, reason=exc.reason)
+            return
         if isinstance(ack_payload, UnsetType) or ack_payload is None:
             await self.send_message({"type": "connection_ack"})
         else:
@@ -104,6 +250,45 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
         self.connection_acknowledged = True
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+
+def _transport_ws_error(op_id: str, error: GraphQLError) -> dict[str, Any]:
+    return {"id": op_id, "type": "error", "payload": [error.formatted]}
+
+
+def _legacy_error(op_id: str, error: GraphQLError) -> dict[str, Any]:
+    return {"type": "error", "id": op_id, "payload": error.formatted}
+
+
+async def _refused(
+    handler: Any,
+    message: object,
+    start: str,
+    error_frame: Callable[[str, GraphQLError], dict[str, Any]],
+) -> bool:
+    """Answer a message both protocols' handlers would mishandle; True if answered.
+
+    A frame that is JSON but not an object (``[1,2]``, ``null``) raised inside
+    Strawberry and dropped the socket with no close frame: it is closed with 4400,
+    as graphql-transport-ws prescribes for an invalid message. An operation whose
+    variables hold a NUL or a lone surrogate (no store takes them) is refused with
+    a BAD_INPUT error for that operation; the connection and its other
+    subscriptions go on.
+    """
+    if not isinstance(message, dict):
+        await handler.websocket.close(code=4400, reason="Invalid message: not a JSON object")
+        return True
+    op_id = message.get("id")
+    if (
+        message.get("type") == start
+        and isinstance(op_id, str)
+        and handler.connection_acknowledged
+        and unsafe_text(message.get("payload"))
+    ):
+        error = GraphQLError(UNSAFE_TEXT, extensions={"code": "BAD_INPUT"})
+        await handler.send_message(error_frame(op_id, error))
+        return True
+    return False
 
 
 def multiplexed_handler_class() -> type[TransportWSHandler]:
@@ -127,11 +312,16 @@ class GraphQLView(GraphQL[Context, None]):
     planner: Planner  # set by create_app; decides which subscriptions are multiplexed
     fast: FastHTTP | None = None  # set by create_app when the ``http`` fast path is on
     metrics: Metrics
+    admission: Admission  # set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                receive, send = CloseWatch.install(scope, receive, send)
+                receive = self.admission.counted_receive(scope, receive)
             await super().__call__(scope, receive, send)
             return
+        send = with_request_id(scope, send)
         started = time.perf_counter()
         try:
             if self.fast is not None and scope["method"] == "POST":
@@ -141,12 +331,58 @@ class GraphQLView(GraphQL[Context, None]):
                 receive = replay
             self.metrics.http_strawberry.inc()
             await super().__call__(scope, receive, send)
+        except RateLimited as exc:  # raised before anything was sent (get_context, admit)
+            await _too_many_requests(exc)(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)
+
+    async def admit_mutation(self, context: Context, operation: OperationDefinitionNode) -> None:
+        """Count a mutation's root fields against its viewer's rate (an anonymous one
+        fails in its resolvers); raise RateLimited over it. Called before execution,
+        by every path that executes mutations."""
+        if context.viewer is not None:
+            cost = len(operation.selection_set.selections)
+            try:
+                await self.admission.admit_mutation(context.viewer, cost)
+            except RateLimited as exc:
+                await limit_hit(context, exc.limit)
+                raise
+
+    async def execute_operation(  # noqa: PLR0917 - Strawberry's signature
+        self,
+        request: Request,
+        request_adapter: Any,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: Context,
+        root_value: None,
+        sub_response: Any,
+    ) -> Any:
+        """Strawberry's HTTP path (``api/http_fast.py`` admits its own): mutations are
+        admitted before any of the request executes."""
+        for data in request_data if isinstance(request_data, list) else [request_data]:
+            payload = {"query": data.query, "operationName": data.operation_name}
+            planned = self.planner.operation(payload)  # cached; None: not a valid query/mutation
+            if planned is not None and planned.operation.operation is OperationType.MUTATION:
+                await self.admit_mutation(context, planned.operation)
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
 
     def encode_json(self, data: object) -> str:
         """Strawberry's output from one shared encoder (``api/encoding.py``)."""
         return COMPACT_JSON.encode(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Strawberry's request decoding (bodies, GET parameters), refusing with a
+        400 that says why what it would have failed on later: a body that is not an
+        object (or a list, for batches) and strings no store can take (see
+        ``api.encoding``)."""
+        value = super().parse_json(data)
+        if not isinstance(value, dict | list):  # Strawberry answered null or 42 with a 500
+            raise HTTPException(400, "the request JSON must be an object")
+        if unsafe_text(value):
+            raise HTTPException(400, UNSAFE_TEXT)
+        return value
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -162,7 +398,7 @@ class GraphQLView(GraphQL[Context, None]):
         # ``State`` and ``Headers`` objects, built per request to read one entry each,
         # were ~1.5% of a publish.
         services: Services = request.scope["state"]["services"]
-        context = Context(request=request, services=services)
+        context = Context(request=request, services=services, request_id=request_id(request.scope))
         if isinstance(request, Request):
             header = _authorization(request.scope)
             if header is not None:
@@ -170,7 +406,9 @@ class GraphQLView(GraphQL[Context, None]):
                     context.viewer = services.tokens.verify_header(header)
                 except AuthError as exc:
                     context.auth_error = exc.reason
-                    await self._auth_failed(services, "http", exc.reason, header)
+                    throttled = await self._auth_failed(context, "http", exc.reason, header)
+                    if throttled is not None:
+                        raise throttled from exc  # 429 (see __call__)
                 else:
                     emit(services, context.viewer, "auth.login", {"transport": "http"})
         return context
@@ -182,12 +420,20 @@ class GraphQLView(GraphQL[Context, None]):
         try:
             viewer = services.tokens.verify_header(value if isinstance(value, str) else None)
         except AuthError as exc:
-            await self._auth_failed(
-                services, "websocket", exc.reason, value if isinstance(value, str) else None
+            throttled = await self._auth_failed(
+                context, "websocket", exc.reason, value if isinstance(value, str) else None
             )
+            if throttled is not None:
+                raise Refused(TOO_MANY, TOO_MANY_AUTH_FAILURES) from exc
             raise ConnectionRejectionError({"message": exc.reason, "code": "FORBIDDEN"}) from exc
-        context.viewer = viewer
+        if not self.admission.open_subject(viewer):
+            context.viewer = viewer  # the row names who; no subject slot was taken
+            await limit_hit(context, "subject_connections")
+            context.viewer = None
+            raise Refused(TOO_MANY, TOO_MANY_CONNECTIONS)
+        context.viewer = viewer  # from here on the subject's slot is released at close
         emit(services, viewer, "auth.login", {"transport": "websocket"})
+        ws_opened(context)
         if viewer.expires_at is not None and isinstance(context.request, WebSocket):
             delay = (viewer.expires_at - datetime.now(UTC)).total_seconds()
             # A timer, not a sleeping task: one per connection for the token's lifetime.
@@ -198,16 +444,34 @@ class GraphQLView(GraphQL[Context, None]):
         return UnsetType()  # the singleton UNSET; means "ack without payload"
 
     async def _auth_failed(
-        self, services: Services, transport: str, reason: str, header: str | None = None
-    ) -> None:
+        self, context: Context, transport: str, reason: str, header: str | None = None
+    ) -> RateLimited | None:
+        """Count, log, emit and audit a failed authentication; the error to answer
+        with instead when its IP is over the failed-authentication rate. Then only the
+        metrics and the audit trail's count see it (one log line and event per
+        attempt is what a flood would write to disk)."""
+        services = context.services
         services.metrics.auth_failures.labels(transport=transport).inc()
-        sub, inst = unverified_identity(header)
-        data = {"transport": transport, "reason": reason, "unverified": True}
-        emit(services, None, "auth.failed", data, institution=inst, user=sub)
-        log.info("auth.failed", transport=transport, reason=reason)
-        await repo.audit(
-            services.sessions, repo.Actor(), "authenticate", transport, "failed", {"reason": reason}
-        )
+        throttled = await self.admission.auth_failed(context.origin[0])
+        if throttled is None:
+            # Only a token we signed names whose login failed (expired, say); anything
+            # else is not attributable to an institution or user (see signed_identity).
+            identity = services.tokens.signed_identity(header)
+            if identity is not None:
+                sub, inst = identity
+                data = {"transport": transport, "reason": reason}
+                emit(services, None, "auth.failed", data, institution=inst, user=sub)
+            log.info("auth.failed", transport=transport, reason=reason)
+        await auth_failed(context, transport, reason, header)  # a few rows per IP, then a count
+        return throttled
+
+
+def _too_many_requests(exc: RateLimited) -> Response:
+    """HTTP 429 with ``Retry-After`` and the error in a GraphQL response body."""
+    error = GraphQLError(str(exc), extensions=exc.extensions)
+    headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+    body = COMPACT_JSON.encode({"data": None, "errors": [error.formatted]})
+    return Response(body, status_code=429, media_type="application/json", headers=headers)
 
 
 def _authorization(scope: Scope) -> str | None:

@@ -40,7 +40,7 @@ from strawberry.schema import Schema
 from strawberry.schema._graphql_core import execution_context_class_kwargs
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
-from api.encoding import COMPACT_JSON
+from api.encoding import COMPACT_JSON, suspect, unsafe_text
 from api.metrics import Metrics
 from api.plan import Planner
 from api.plan import Request as PlannedRequest
@@ -81,11 +81,15 @@ class FastHTTP:
             payload = json.loads(body)
         except ValueError:
             return replay
+        if suspect(body) and unsafe_text(payload):
+            return replay  # Strawberry's view answers 400 (GraphQLView.parse_json)
         prepared = self._planner.operation(payload)
         if prepared is None:
             return replay
         # Its receive replays the body, should anything in a resolver read it.
         context = await self._view.get_context(Request(scope, replay), response=None)
+        if prepared.operation.operation is OperationType.MUTATION:
+            await self._view.admit_mutation(context, prepared.operation)  # 429 over the rate
         data, errors = await self._execute(prepared, context)
         if errors:
             self._schema.process_errors(errors)

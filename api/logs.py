@@ -8,7 +8,9 @@ Per-connection and per-request lines (uvicorn's access log, and its
 ``"WebSocket /graphql" [accepted]`` / ``connection open`` lines) are off unless
 ``EDUMATRIX_ACCESS_LOG`` is set: formatting two unstructured lines per WebSocket
 handshake was 8% of the server's CPU during a connect burst (py-spy, bench/results/).
-Successful connections are not audited yet (failed authentications are).
+Every accepted WebSocket is audited instead (``connect`` and ``disconnect`` rows
+with client IP, duration and close code: ``api/auditing.py``), as are failed
+authentications.
 """
 
 from __future__ import annotations

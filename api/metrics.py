@@ -81,6 +81,13 @@ class Metrics:
         self.permission_denied = Counter(
             "edumatrix_permission_denied_total", "ACL denials", ["action"], registry=r
         )
+        self.rate_limited = Counter(
+            "edumatrix_rate_limited_total",
+            "Requests, connections and messages refused by admission control "
+            "(api/admission.py), by the limit they hit",
+            ["limit"],
+            registry=r,
+        )
 
     def published_kind(self, kind: str) -> Counter:
         """The published counter of ``kind``, looked up once per kind."""

@@ -7,7 +7,10 @@ README's configuration table lists them. Nothing here is a module-level global:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -17,11 +20,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.accel import NAMES, Decision, decide
+from api.clientinfo import TrustedProxies
+from api.secret_policy import (
+    GENERATE_HINT,
+    is_loopback,
+    secret_weakness,
+    weak_secret_message,
+)
 
-# Shortest HS256 secret we accept outside embedded mode (RFC 7518 §3.2: key >= hash size).
-MIN_SECRET_BYTES = 32
 _TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
-_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev", "development", "test"}
 
 
 class Mode(StrEnum):
@@ -74,8 +81,32 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_max_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        le=366 * 24 * 3600,
+        description="tokens whose exp lies further ahead are refused; bounds a leaked token",
+    )
+
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM certificate (chain); set with ssl_keyfile to serve HTTPS/WSS"
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of ssl_certfile (unless the certfile holds it)"
+    )
 
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed",
+    )
+    audit_failed_auth_per_minute: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="failed authentications audited one row each per client IP and minute; "
+        "the rest become one 'limited' row with their count",
+    )
 
     history_size: int = Field(default=100, ge=1, le=100_000)
     history_ttl_seconds: int = Field(default=600, ge=1)
@@ -103,10 +134,56 @@ class Settings(BaseSettings):
         description="false is the same as listing http (and so direct) in fast_paths_off",
     )
     max_subscriptions_per_connection: int = Field(default=100, ge=1)
-    connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
+    connection_init_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a WebSocket without connection_init by then is closed 4408 (both protocols)",
+    )
     max_query_depth: int = Field(default=10, ge=2)
     max_query_tokens: int = Field(default=2000, ge=50)
     max_aliases: int = Field(default=15, ge=1)
+    max_selections: int = Field(
+        default=2000,
+        ge=10,
+        le=1_000_000,
+        description=(
+            "fields, inline fragments and fragment spreads an operation may select once "
+            "its fragments are expanded (schema/limits.py): the bound on fragment bombs"
+        ),
+    )
+    # Admission control (api/admission.py, api/body_limit.py). Rates are in the
+    # `limits` notation ("20/second", "300/10 minutes"); 0 turns a limit off.
+    rate_limit_user_mutations: str = Field(
+        default="20/second",
+        description="mutation root fields per token sub (non-service roles); over: 429",
+    )
+    rate_limit_service_mutations: str = Field(
+        default="200/second",
+        description="mutation root fields per service token sub; over: 429",
+    )
+    rate_limit_auth_failures_per_ip: str = Field(
+        default="60/minute",
+        description="failed authentications per client IP; over: 429 / close 4429, "
+        "and failures are counted instead of audited one by one",
+    )
+    rate_limit_ws_messages: str = Field(
+        default="200/second",
+        description="inbound messages per WebSocket connection; over: close 4429 flood",
+    )
+    max_connections_per_ip: int = Field(
+        default=1000, ge=0, description="open WebSockets per client IP and process; 0: unlimited"
+    )
+    max_connections_per_subject: int = Field(
+        default=50, ge=0, description="open WebSockets per token sub and process; 0: unlimited"
+    )
+    max_subscriptions_per_subject: int = Field(
+        default=500,
+        ge=0,
+        description="operations open across one sub's WebSockets, per process; 0: unlimited",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="largest HTTP request body; over: 413; 0: unlimited"
+    )
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
@@ -122,6 +199,39 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        """Refuse a typo at startup rather than silently trusting nobody."""
+        TrustedProxies.parse(value)
+        return value
+
+    @field_validator(
+        "rate_limit_user_mutations",
+        "rate_limit_service_mutations",
+        "rate_limit_auth_failures_per_ip",
+        "rate_limit_ws_messages",
+    )
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        """Refuse a rate `limits` cannot read at startup, not at the first request."""
+        from api.admission import parse_rate
+
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; write one rate like '20/second' or '300/10 minutes', or 0 for unlimited"
+            ) from None
+        return value.strip() or "0"
 
     @field_validator("fast_paths_off")
     @classmethod
@@ -161,14 +271,40 @@ class Settings(BaseSettings):
                 "EDUMATRIX_JWT_SECRET is required in cluster mode "
                 "(Redis, Kafka or a non-SQLite database is configured)"
             )
-        raw = self.jwt_secret.get_secret_value()
-        if raw.lower() in _PLACEHOLDER_SECRETS or len(raw.encode()) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"EDUMATRIX_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes and not a "
-                "placeholder; generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(48))'"
-            )
+        weakness = secret_weakness(self.jwt_secret.get_secret_value())
+        if weakness is not None:
+            raise ValueError(weak_secret_message("EDUMATRIX_JWT_SECRET", weakness))
         return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("EDUMATRIX_SSL_KEYFILE needs EDUMATRIX_SSL_CERTFILE")
+        return self
+
+    def exposure_problem(self, host: str) -> str | None:
+        """Why this configuration must not listen on ``host``, or None.
+
+        Cluster mode already refused weak secrets at validation. Embedded mode may
+        sign with a generated development secret (or any configured one) while it
+        listens on loopback only; once other machines can connect, tokens must be
+        unguessable, and a secret kept in a file under ``data_dir`` is not a
+        deployment's secret.
+        """
+        if is_loopback(host) or self.jwt_algorithm == "RS256":
+            return None
+        if self.jwt_secret is None:
+            return (
+                f"listening on {host!r} (not loopback) needs EDUMATRIX_JWT_SECRET (or RS256 "
+                f"keys); the generated development secret in {self.dev_secret_path} is only "
+                f"for 127.0.0.1. Set one ({GENERATE_HINT}) or serve on --host 127.0.0.1"
+            )
+        weakness = secret_weakness(self.jwt_secret.get_secret_value())
+        if weakness is not None:
+            return f"listening on {host!r} (not loopback): " + weak_secret_message(
+                "EDUMATRIX_JWT_SECRET", weakness
+            )
+        return None
 
     @property
     def mode(self) -> Mode:
@@ -196,13 +332,32 @@ class Settings(BaseSettings):
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value(), False
         path = self.dev_secret_path
-        if path.exists():
-            return path.read_text().strip(), True
-        path.parent.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
-        path.write_text(value + "\n")
-        return value, True
+        if not path.exists():
+            _create_private(path, secrets.token_urlsafe(48) + "\n")
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # written world-readable by an older version
+        return path.read_text().strip(), True
+
+
+def _create_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file only its owner can read, unless ``path`` exists.
+
+    The file is complete before it appears under its name (written to a 0600
+    temporary file, then hard-linked), so a second process starting at the same
+    moment (``--workers``, or ``edumatrix token`` in another shell) reads either
+    nothing or the whole secret, and never replaces the first one's.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won the race
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def read_key(value: str) -> str:

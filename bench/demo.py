@@ -15,7 +15,7 @@ from api.auth import TokenService
 from db.seed import demo_claims
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "bench-fanout-secret-" + "s" * 40  # a throwaway HS256 key, loopback only
+SECRET = "bench-fanout-Vb3q9Ztr2LkXwP7sN0yQe4HdJ6uMfC8a"  # throwaway HS256 key, loopback only
 TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
 CHANNEL = "institution:northwood:classroom:nw-math-101"
 PUBLISHER_USER = "nw-ada"  # teacher of nw-math-101: may publish there

@@ -11,6 +11,8 @@ a shared machine. See bench/README.md for what each number means.
     python bench/fanout.py --server ours --workers 2 --redis-url redis://127.0.0.1:6379/0
     python bench/fanout.py --server ours --redis-url redis://127.0.0.1:6379/0 \
         --database-url postgresql://postgres@127.0.0.1:5432/postgres   # cluster mode
+    python bench/fanout.py --quick --server ours --fast-paths off   # stock library paths
+    python bench/fanout.py --quick --server ours --tree /tmp/before  # another worktree
 
 Exit status 1 when any subscriber lost, duplicated or reordered a message, or was
 closed by the server during a measured phase: a correctness check, not a timing one.
@@ -33,7 +35,7 @@ from typing import Any
 
 from report import markdown, problems
 from scenarios import Plan, ServerRun
-from servers import BENCH, Server, node_client, postgres_admin_url, redact
+from servers import BENCH, STOCK_ENV, Server, fast_paths_on, node_client, postgres_admin_url, redact
 
 DATABASES = {"sqlite": "SQLite", "postgres": "Postgres"}
 BUSES = {"memory": "memory bus", "redis": "Redis"}
@@ -53,6 +55,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     plan.client = args.client
     plan.database = "postgres" if args.database_url else "sqlite"
     plan.bus = "redis" if args.redis_url else "memory"
+    plan.fast_paths = args.fast_paths
+    plan.tree = str(args.tree.resolve()) if args.tree else ""
     return plan
 
 
@@ -68,7 +72,9 @@ def server_label(kind: str, plan: Plan, workers: int) -> str:
     """A table column header: ours names its database and bus (embedded or cluster mode)."""
     if kind == "ours":
         label = f"ours: {DATABASES[plan.database]} + {BUSES[plan.bus]}"
-        return label + (f", {workers} workers" if workers > 1 else "")
+        label += f", {workers} workers" if workers > 1 else ""
+        label += ", fast paths off" if plan.fast_paths == "off" else ""
+        return label + (f", tree {plan.tree}" if plan.tree else "")
     return kind + (f" ({workers} workers + Redis)" if workers > 1 else "")
 
 
@@ -111,10 +117,17 @@ def machine() -> dict[str, Any]:
 
 async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     database_url = args.database_url if kind == "ours" else None  # the baseline has none
-    server = Server(kind, workers=args.workers, redis_url=args.redis_url, database_url=database_url)
+    extra_env: dict[str, str] = {}
+    if kind == "ours" and plan.fast_paths == "off":  # the baseline has no fast paths
+        extra_env.update(STOCK_ENV)
+    if kind == "ours" and plan.tree:  # nor another tree
+        extra_env["PYTHONPATH"] = plan.tree
+    server = Server(kind, workers=args.workers, redis_url=args.redis_url,
+                    database_url=database_url, extra_env=extra_env)  # fmt: skip
     print(f"[bench] starting {kind} (taskset -c {server.cpus}, port {server.port}, "
           f"database {server.database}, {server.bus} bus)", file=sys.stderr)  # fmt: skip
     server.start()
+    fast = fast_paths_on(server.port) if kind == "ours" else "n/a"
     run = ServerRun(server, plan)
     try:
         results = await run.run()
@@ -133,6 +146,7 @@ async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, 
         "redis": bool(args.redis_url),
         "database": server.database,
         "postgres_version": server.postgres_version,
+        "fast_paths_on": fast,  # as the server reported them (n/a before api/accel)
     }
     return results
 
@@ -163,8 +177,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["node", "python"],
         help="subscriber shards: node = graphql-ws (default when installed), python = websockets",
     )
+    parser.add_argument(
+        "--fast-paths",
+        choices=["on", "off"],
+        default="on",
+        help="ours: off runs it with EDUMATRIX_FAST_PATHS=false (the stock library paths)",
+    )
+    parser.add_argument("--tree", type=Path, help="ours: run it from this source tree")
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/<date>.json)")
     args = parser.parse_args(argv)
+    if args.tree and not (args.tree / "api" / "app.py").is_file():
+        parser.error(f"--tree: {args.tree} is not a source tree of this project (no api/app.py)")
     if args.workers > 1 and not args.redis_url:
         parser.error("--workers > 1 needs --redis-url (both servers need a shared bus)")
     if args.database_url:

@@ -152,6 +152,9 @@ def main() -> int:
         parser.error("--count (1..100000), --rounds and --concurrency must be positive")
     with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
         env = server_env(Path(tmp))
+        # One teacher publishes thousands of times a second here: the per-user
+        # mutation rate of api/admission.py off (0 = unlimited).
+        env["EDUMATRIX_RATE_LIMIT_USER_MUTATIONS"] = "0"
         migrate_and_seed(env, Path(tmp))
         os.environ.update(env)  # the app in this process reads its settings from here
         import uvloop

@@ -8,11 +8,15 @@ process and 16% through uvicorn). This starts our server (``edumatrix serve``,
 SQLite, memory bus, pinned to core 0 as in ``fanout.py``) from each ``--tree`` in
 turn, floods the announcement mutation over 8 keep-alive connections, and prints
 publishes/s and server CPU per publish; with two trees it alternates them, so
-both see the same machine.
+both see the same machine. ``--stock-tree PATH`` runs a tree with every fast path
+of ``api/accel`` off (``EDUMATRIX_FAST_PATHS=false``): Strawberry's, uvicorn's and
+Starlette's stock paths. Trees and stock trees alternate in the order given; each
+round prints how many fast paths the server reported on (``n/a`` before api/accel).
 
     .venv/bin/python bench/publish_rate.py                       # this tree, 3 rounds
     git worktree add /tmp/before HEAD~1
     .venv/bin/python bench/publish_rate.py --tree /tmp/before --tree . --pairs 3
+    .venv/bin/python bench/publish_rate.py --tree /tmp/before --tree . --stock-tree .
     git worktree remove /tmp/before
 
 ``--churn N`` first connects N subscribers to the publish channel (the
@@ -22,7 +26,8 @@ publish phase of a full ``fanout.py`` run does.
 
 Every publish is checked (status 200 and an id, by ``publisher.Publisher``); a
 failure stops the run. Each round is bounded by ``--seconds`` and 200,000
-publishes; the churn by 300 s.
+publishes; the churn by 300 s. The summary gives each tree's median and range, and
+its per-round ratio to the first tree (min, median, max over the rounds).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 import websockets  # noqa: E402
 from demo import CHANNEL, PUBLISHER_USER, SUBSCRIBER_USER, token  # noqa: E402
 from publisher import Publisher  # noqa: E402
-from servers import Sampler, Server, raise_nofile  # noqa: E402
+from servers import STOCK_ENV, Sampler, Server, fast_paths_on, raise_nofile  # noqa: E402
 from subscribers import SUBSCRIPTION  # noqa: E402
 
 CONNECTIONS = 8  # as fanout.py's publish phase
@@ -107,38 +112,87 @@ async def churn(server: Server, count: int) -> None:
     print(f"{len(sockets):,} subscribers came and went", flush=True)
 
 
-def round_for(tree: Path, seconds: float, churned: int) -> tuple[float, float]:
-    server = TreeServer("ours", tree=tree)
+@dataclass(frozen=True)
+class Variant:
+    """A source tree, with its fast paths on (as configured) or all off (stock)."""
+
+    tree: Path
+    stock: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.tree}{' (stock: fast paths off)' if self.stock else ''}"
+
+
+def tree_variant(path: str) -> Variant:
+    return Variant(Path(path).resolve())
+
+
+def stock_variant(path: str) -> Variant:
+    return Variant(Path(path).resolve(), stock=True)
+
+
+def round_for(variant: Variant, seconds: float, churned: int) -> tuple[float, float, str]:
+    """(publishes/s, server CPU µs per publish, fast paths on) of one fresh server."""
+    extra_env = dict(STOCK_ENV) if variant.stock else {}
+    server = TreeServer("ours", extra_env=extra_env, tree=variant.tree)
     server.start()
     try:
+        fast = fast_paths_on(server.port)
         if churned:
             asyncio.run(churn(server, churned))
-        return asyncio.run(flood(server, seconds))
+        return (*asyncio.run(flood(server, seconds)), fast)
     finally:
         server.stop()
 
 
+def summary(label: str, rates: list[float], cpus: list[float], first: list[float]) -> str:
+    """One tree's median and range, and its per-round ratio to the first tree's round."""
+    ratios = sorted(r / f for r, f in zip(rates, first, strict=True))
+    rate = f"median {statistics.median(rates):,.0f} publishes/s"
+    spread = f"({min(rates):,.0f}-{max(rates):,.0f}) of {len(rates)} rounds"
+    cpu = f"median {statistics.median(cpus):,.0f} µs CPU each"
+    ratio = f"{statistics.median(ratios):.3f}x the first ({ratios[0]:.3f}-{ratios[-1]:.3f})"
+    return f"{label}: {rate} {spread}, {cpu}; per round {ratio}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
+    parser.add_argument(
+        "--tree",
+        type=tree_variant,
+        action="append",
+        dest="variants",
+        help="source tree (repeatable)",
+    )
+    parser.add_argument(
+        "--stock-tree",
+        type=stock_variant,
+        action="append",
+        dest="variants",
+        help="source tree run with EDUMATRIX_FAST_PATHS=false (repeatable)",
+    )
     parser.add_argument("--pairs", type=int, default=3, help="rounds per tree")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each round")
     parser.add_argument("--churn", type=int, default=0, help="subscribers that come and go first")
     args = parser.parse_args()
     if args.churn:
         raise_nofile(args.churn + 100)
-    trees = [t.resolve() for t in args.tree or [BENCH.parent]]
-    for tree in trees:
-        if not (tree / "api" / "app.py").is_file():
-            raise SystemExit(f"{tree} is not a source tree of this project (no api/app.py)")
-    results: dict[Path, list[float]] = {tree: [] for tree in trees}
+    variants: list[Variant] = args.variants or [Variant(BENCH.parent)]
+    for variant in variants:
+        if not (variant.tree / "api" / "app.py").is_file():
+            raise SystemExit(f"{variant.tree} is not a source tree of this project (no api/app.py)")
+    rates: list[list[float]] = [[] for _ in variants]
+    cpus: list[list[float]] = [[] for _ in variants]
     for n in range(args.pairs):
-        for tree in trees:
-            rate, cpu_us = round_for(tree, args.seconds, args.churn)
-            results[tree].append(rate)
-            print(f"round {n + 1} {tree}: {rate:,.0f} publishes/s, {cpu_us:,.0f} µs CPU each")
-    for tree, rates in results.items():
-        print(f"{tree}: median {statistics.median(rates):,.0f} publishes/s of {len(rates)} rounds")
+        for i, variant in enumerate(variants):
+            rate, cpu_us, fast = round_for(variant, args.seconds, args.churn)
+            rates[i].append(rate)
+            cpus[i].append(cpu_us)
+            print(f"round {n + 1} {variant.label} [fast paths on: {fast}]: "
+                  f"{rate:,.0f} publishes/s, {cpu_us:,.0f} µs CPU each", flush=True)  # fmt: skip
+    for i, variant in enumerate(variants):
+        print(summary(variant.label, rates[i], cpus[i], rates[0]))
 
 
 if __name__ == "__main__":

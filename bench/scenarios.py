@@ -46,6 +46,8 @@ class Plan:
     client: str = "python"  # subscriber shards: "node" (graphql-ws) or "python" (websockets)
     database: str = "sqlite"  # ours: "sqlite" (embedded) or "postgres"; the baseline has none
     bus: str = "memory"  # both servers: "memory" or "redis"
+    fast_paths: str = "on"  # ours: "on" (api/accel decides) or "off" (EDUMATRIX_FAST_PATHS=false)
+    tree: str = ""  # ours: the source tree it runs from ("" = this one)
 
 
 class ClientCpu:

@@ -35,6 +35,9 @@ from demo import migrate_and_seed, server_env
 BENCH = Path(__file__).resolve().parent
 NODE_DIR = BENCH / "node"
 NODE_SHARD = NODE_DIR / "shard.mjs"
+# Our server with every fast path of api/accel off: Strawberry's, uvicorn's and
+# Starlette's stock paths (a tree older than api/accel ignores it).
+STOCK_ENV = {"EDUMATRIX_FAST_PATHS": "false"}
 
 
 def free_port() -> int:
@@ -135,6 +138,7 @@ class Server:
     workers: int = 1
     redis_url: str | None = None
     database_url: str | None = None  # any database on the PostgreSQL server to use
+    extra_env: dict[str, str] = field(default_factory=dict)  # set last, over the rest
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
@@ -194,11 +198,18 @@ class Server:
 
     def _env(self) -> dict[str, str]:
         env = server_env(self.workdir)  # the baseline reads the same secret and log level
+        # Admission control off (api/admission.py; 0 = unlimited): one service token
+        # floods publishes and thousands of subscribers share a token and 127.0.0.1.
+        env.update({f"EDUMATRIX_{name}": "0" for name in (
+            "RATE_LIMIT_USER_MUTATIONS", "RATE_LIMIT_SERVICE_MUTATIONS", "RATE_LIMIT_WS_MESSAGES",
+            "MAX_CONNECTIONS_PER_IP", "MAX_CONNECTIONS_PER_SUBJECT",
+            "MAX_SUBSCRIPTIONS_PER_SUBJECT")})  # fmt: skip
         if self.redis_url:
             env["EDUMATRIX_REDIS_URL"] = self.redis_url
             env["EDUMATRIX_REDIS_PREFIX"] = f"bench{self.port}"
         if self.database_name:
             env["EDUMATRIX_DATABASE_URL"] = self._server_database_url()
+        env.update(self.extra_env)
         return env
 
     def _command(self) -> list[str]:
@@ -393,6 +404,23 @@ class ShardProcess:
         self._reader.cancel()
 
 
+def metrics_text(port: int) -> str:
+    """Our server's /metrics page; "" when there is none (the baseline)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def fast_paths_on(port: int) -> str:
+    """How many of our server's fast paths are on, from its ``edumatrix_accel_enabled``
+    gauges (e.g. ``7/7``); ``n/a`` for a server without them (a tree before api/accel)."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics_text(port).splitlines()
+              if line.startswith("edumatrix_accel_enabled{")]  # fmt: skip
+    return f"{sum(v == 1 for v in values)}/{len(values)}" if values else "n/a"
+
+
 HISTOGRAMS = {
     "http_p99_ms": "edumatrix_http_request_duration_seconds",
     "handoff_p99_ms": "edumatrix_delivery_latency_seconds",
@@ -405,11 +433,7 @@ def scrape_histograms(port: int) -> dict[str, dict[float, float]]:
     Why: latencies timed by the client include the client core's own scheduling
     (publisher, shards and driver share it); these are timed inside the server.
     """
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
+    text = metrics_text(port)
     found: dict[str, dict[float, float]] = {}
     for key, metric in HISTOGRAMS.items():
         prefix = metric + '_bucket{le="'

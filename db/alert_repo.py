@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.alert_models import Alert, AlertRecipient
 from db.engine import Sessions
 from db.models import User, user_classrooms, user_departments, utcnow
-from db.repo import Actor, _audit
+from db.repo import Actor, audit_row
 from streams.channels import Channel, ChannelKind
 
 NOT_PEOPLE = "service"  # service accounts are integrations, not people to account for
+_NOT_TARGETED = {"reason": "the alert does not target you"}
+_NOT_ALLOWED = {"reason": "only admins and whoever raised the alert may resolve it"}
 
 
 class Outcome(StrEnum):
@@ -104,7 +106,9 @@ async def create_alert(
         await session.flush()
         session.add_all(AlertRecipient(alert_id=alert.id, user_id=u) for u in sorted(people))
         detail = {"alertId": alert.id, "severity": severity, "recipients": len(people)}
-        session.add(_audit(actor, "raiseAlert", f"institution:{institution}:alerts", "ok", detail))
+        session.add(
+            audit_row(actor, "raiseAlert", f"institution:{institution}:alerts", "ok", detail)
+        )
     return alert, len(people)
 
 
@@ -121,15 +125,19 @@ async def is_recipient(sessions: Sessions, alert_id: int, user_id: str) -> bool:
 
 
 async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
+    """Refusals (missing, not targeted) are audited in the same transaction."""
     user = actor.id or ""
+    target = f"alert:{alert_id}"
     async with sessions() as session, session.begin():
         alert = await session.get(Alert, alert_id)
         if alert is None or alert.institution_id != actor.institution:
+            session.add(audit_row(actor, "acknowledgeAlert", target, "not_found"))
             return Change(Outcome.NOT_FOUND)
         if alert.resolved_at is not None:
             return Change(Outcome.RESOLVED, alert, alert.resolved_at)
         row = await session.get(AlertRecipient, (alert_id, user))
         if row is None:
+            session.add(audit_row(actor, "acknowledgeAlert", target, "denied", _NOT_TARGETED))
             return Change(Outcome.NOT_TARGETED, alert)
         if row.acknowledged_at is not None:
             return Change(Outcome.ALREADY, alert, row.acknowledged_at)
@@ -147,18 +155,21 @@ async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return Change(Outcome.ALREADY, alert)
-        target = f"alert:{alert_id}"
-        session.add(_audit(actor, "acknowledgeAlert", target, "ok", {"alertId": alert_id}))
+        session.add(audit_row(actor, "acknowledgeAlert", target, "ok", {"alertId": alert_id}))
     return Change(Outcome.OK, alert, now)
 
 
 async def resolve(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
-    """Admins of the institution, or whoever raised it, may resolve an open alert."""
+    """Admins of the institution, or whoever raised it, may resolve an open alert.
+    Refusals (missing, not allowed) are audited in the same transaction."""
+    target = f"alert:{alert_id}"
     async with sessions() as session, session.begin():
         alert = await session.get(Alert, alert_id)
         if alert is None or alert.institution_id != actor.institution:
+            session.add(audit_row(actor, "resolveAlert", target, "not_found"))
             return Change(Outcome.NOT_FOUND)
         if actor.role != "admin" and alert.raised_by != actor.id:
+            session.add(audit_row(actor, "resolveAlert", target, "denied", _NOT_ALLOWED))
             return Change(Outcome.NOT_ALLOWED, alert)
         if alert.resolved_at is not None:
             return Change(Outcome.ALREADY, alert, alert.resolved_at)
@@ -171,8 +182,7 @@ async def resolve(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return Change(Outcome.ALREADY, alert)
-        target = f"alert:{alert_id}"
-        session.add(_audit(actor, "resolveAlert", target, "ok", {"alertId": alert_id}))
+        session.add(audit_row(actor, "resolveAlert", target, "ok", {"alertId": alert_id}))
         await session.refresh(alert)
     return Change(Outcome.OK, alert, now)
 

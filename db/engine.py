@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,24 @@ __all__ = ["Base", "Sessions", "create_engine", "make_sessionmaker"]
 
 
 def ensure_sqlite_dir(url: str) -> None:
-    """SQLite creates the file but not its directory; a fresh checkout has neither."""
-    if url.startswith("sqlite"):
-        db_file = url.split(":///", 1)[-1]
-        if db_file and db_file != ":memory:":
-            Path(db_file).parent.mkdir(parents=True, exist_ok=True)
+    """SQLite creates the file but not its directory; a fresh checkout has neither.
+
+    The file holds every announcement, notification and audit row, so it is
+    created here, readable by its owner only, before SQLite opens it: SQLite would
+    create it with 0644 (under the usual umask), and it gives the ``-wal`` and
+    ``-shm`` files the database file's permissions. A file an older version left
+    readable to others is tightened too.
+    """
+    if url.startswith("sqlite") and ":///" in url:
+        db_file = url.split(":///", 1)[1].split("?", 1)[0]
+        if db_file and db_file != ":memory:" and not db_file.startswith("file:"):
+            path = Path(db_file)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if file.exists() and file.stat().st_mode & 0o077:
+                    file.chmod(0o600)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.models import Announcement, AuditEntry, utcnow
-from db.repo import Actor
+from db.repo import Actor, audit_values
 
 log = structlog.get_logger(__name__)
 
@@ -325,16 +325,10 @@ def _multi_row_sql(table: str, count: int, columns: tuple[str, ...], returning: 
 
 
 def _audit(row: NewAnnouncement, announcement_id: int, at: datetime) -> dict[str, Any]:
-    return {
-        "at": at,
-        "actor_id": row.actor.id,
-        "actor_role": row.actor.role,
-        "institution_id": row.actor.institution,
-        "action": "publishAnnouncement",
-        "target": row.channel,
-        "outcome": "ok",
-        "detail": {"announcementId": announcement_id},
-    }
+    """The publish's audit row: the same columns as every other (client IP, user
+    agent and request id from ``row.actor``), in the batch's second ``INSERT``."""
+    detail = {"announcementId": announcement_id}
+    return audit_values(row.actor, "publishAnnouncement", row.channel, "ok", detail, at)
 
 
 def _fail(future: asyncio.Future[StoredAnnouncement], exc: BaseException) -> None:

@@ -133,16 +133,31 @@ class Announcement(Base):
 
 
 class AuditEntry(Base):
-    """Append-only: every mutation, permission denial and failed authentication."""
+    """Append-only: every mutation, permission denial, refused lookup, failed
+    authentication, WebSocket connection and limit hit (see ``db/repo.py``).
+
+    The database refuses UPDATE, DELETE (and on Postgres TRUNCATE) with triggers
+    created by migration 0004; purging old rows is an operator's deliberate act
+    (the README's audit section gives the procedure).
+
+    ``actor_id`` is only ever a verified user: a failed authentication has no
+    actor, its claimed subject is in ``detail["claimed"]``. ``request_id`` is one
+    per HTTP request or WebSocket connection, the same in every row it caused.
+    """
 
     __tablename__ = "audit_log"
+    # The auditLog query: one institution's rows, newest first, by id.
+    __table_args__ = (Index("ix_audit_log_institution_id_id", "institution_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     actor_id: Mapped[str | None] = mapped_column(String(64))
     actor_role: Mapped[str | None] = mapped_column(String(16))
-    institution_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    institution_id: Mapped[str | None] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    client_ip: Mapped[str | None] = mapped_column(String(45))  # IPv6 text is at most 45
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    request_id: Mapped[str | None] = mapped_column(String(64))

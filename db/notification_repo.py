@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from db.alert_models import Notification, NotificationReceipt
 from db.engine import Sessions
 from db.models import User, utcnow
-from db.repo import Actor, _audit
+from db.repo import Actor, audit_row
 from streams.channels import Channel, ChannelKind
 
 
@@ -46,7 +46,7 @@ async def create_notification(
         await session.flush()
         session.add_all(NotificationReceipt(notification_id=row.id, user_id=u) for u in recipients)
         detail = {"notificationId": row.id, "recipients": len(recipients)}
-        session.add(_audit(actor, "notify", channel.name, "ok", detail))
+        session.add(audit_row(actor, "notify", channel.name, "ok", detail))
     return row, len(recipients)
 
 
@@ -81,5 +81,5 @@ async def mark_read(sessions: Sessions, actor: Actor, ids: Sequence[int]) -> int
             .execution_options(synchronize_session=False)
         )
         count: int = done.rowcount  # type: ignore[attr-defined]
-        session.add(_audit(actor, "markRead", f"user:{actor.id}", "ok", {"marked": count}))
+        session.add(audit_row(actor, "markRead", f"user:{actor.id}", "ok", {"marked": count}))
     return count

@@ -5,22 +5,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import selectinload
 
 from db.engine import Sessions
-from db.models import Announcement, AuditEntry, Institution, User
+from db.models import Announcement, AuditEntry, Institution, User, utcnow
+
+# What became of an audited request: done, refused by the ACL, refused as missing
+# (another institution's id reads as missing), failed (authentication), or refused
+# by a limit (rate limits; failed-authentication floods folded into a count row).
+AuditOutcome = Literal["ok", "denied", "not_found", "failed", "limited"]
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who did something, for the audit log; all None for an anonymous caller."""
+    """Who did something and from where, for the audit log.
+
+    ``id``, ``role`` and ``institution`` come from a verified token only (all None
+    for an anonymous or unauthenticated caller); ``ip``, ``user_agent`` and
+    ``request_id`` describe the request or WebSocket connection
+    (``api/clientinfo.py``), so a row says where it came from even without an actor.
+    """
 
     id: str | None = None
     role: str | None = None
     institution: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
 
 
 async def list_institutions(sessions: Sessions, ids: Sequence[str]) -> list[Institution]:
@@ -61,23 +76,59 @@ async def audit(
     actor: Actor,
     action: str,
     target: str | None,
-    outcome: str,
+    outcome: AuditOutcome,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Append one audit row in its own transaction (used for denials and failures)."""
+    """Append one audit row in its own transaction: for rows with no transaction of
+    their own to join (denials, refused lookups, failed authentications, WebSocket
+    connections, limit hits with ``outcome="limited"``). A mutation that writes
+    inside a transaction adds :func:`audit_row` there instead, and publishes add
+    theirs to the group commit's batch (``db/group_commit.py``).
+
+    One Core ``INSERT``: no unit of work, no identity map for a row nobody reads back.
+    """
+    await append(sessions, [audit_values(actor, action, target, outcome, detail)])
+
+
+async def append(sessions: Sessions, rows: list[dict[str, Any]]) -> None:
+    """Insert audit rows (from :func:`audit_values`) in one transaction."""
     async with sessions() as session, session.begin():
-        session.add(_audit(actor, action, target, outcome, detail or {}))
+        await session.execute(_INSERT, rows)
 
 
-def _audit(
-    actor: Actor, action: str, target: str | None, outcome: str, detail: dict[str, Any]
+_INSERT = insert(AuditEntry)  # built once: its cache key is memoized on the object
+
+
+def audit_values(
+    actor: Actor,
+    action: str,
+    target: str | None,
+    outcome: AuditOutcome,
+    detail: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """The column values of one audit row (``db/group_commit.py`` inserts these)."""
+    return {
+        "at": at or utcnow(),
+        "actor_id": actor.id,
+        "actor_role": actor.role,
+        "institution_id": actor.institution,
+        "action": action[:64],  # the columns' lengths: Postgres refuses longer text
+        "target": None if target is None else target[:200],
+        "outcome": outcome,
+        "detail": detail or {},
+        "client_ip": actor.ip,
+        "user_agent": actor.user_agent,
+        "request_id": actor.request_id,
+    }
+
+
+def audit_row(
+    actor: Actor,
+    action: str,
+    target: str | None,
+    outcome: AuditOutcome,
+    detail: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    return AuditEntry(
-        actor_id=actor.id,
-        actor_role=actor.role,
-        institution_id=actor.institution,
-        action=action,
-        target=target,
-        outcome=outcome,
-        detail=detail,
-    )
+    """An audit row to ``session.add`` in a mutation's own transaction."""
+    return AuditEntry(**audit_values(actor, action, target, outcome, detail))

@@ -1,9 +1,9 @@
 """Steps every mutation shares: parse and authorize the channel (auditing the
-denial), and publish what was stored."""
+denial), refuse with an audit row, and publish what was stored."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from redis.exceptions import RedisError
@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from db import repo
 from resolvers.emit import emit
 from schema.context import Context
-from schema.errors import BadChannel, Forbidden, Unavailable
+from schema.errors import BadChannel, Forbidden, NotFound, Unavailable
 from streams.acl import Action, is_allowed
 from streams.channels import Channel, ChannelError, ChannelKind, parse_channel
 
@@ -38,11 +38,30 @@ async def authorize(ctx: Context, name: str, action: Action) -> Channel:
     if is_allowed(viewer, channel, action, user_institution=user_home):
         return channel
     ctx.services.metrics.permission_denied.labels(action=action.value).inc()
-    await repo.audit(ctx.sessions, ctx.actor, f"{action.value}.denied", channel.name, "denied")
+    await repo.audit(ctx.sessions, ctx.actor, action.value, channel.name, "denied")
     emit(
         ctx.services, viewer, "permission.denied", {"action": action.value, "target": channel.name}
     )
     raise Forbidden(f"{viewer.role.value} {viewer.user_id!r} may not {action.value} on {channel}")
+
+
+async def refuse(
+    ctx: Context,
+    action: str,
+    target: str | None,
+    error: Forbidden | NotFound,
+    detail: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Audit a refusal, then raise it: FORBIDDEN as ``denied`` (and counted), NOT_FOUND
+    as ``not_found``. Another institution's id is reported missing so that ids do
+    not leak, and audited so that probing for them leaves a trail."""
+    if isinstance(error, Forbidden):
+        ctx.services.metrics.permission_denied.labels(action=action).inc()
+        outcome: repo.AuditOutcome = "denied"
+    else:
+        outcome = "not_found"
+    await repo.audit(ctx.sessions, ctx.actor, action, target, outcome, detail)
+    raise error
 
 
 async def publish_stored(

@@ -12,9 +12,9 @@ from collections.abc import AsyncGenerator
 
 import strawberry
 
-from db import alert_repo, repo
+from db import alert_repo
 from db.alert_repo import Outcome
-from resolvers.access import authorize, publish_stored
+from resolvers.access import authorize, publish_stored, refuse
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
 from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
 from schema.context import Context
@@ -46,11 +46,6 @@ async def _targets(ctx: Context, institution: str, names: list[str]) -> list[Cha
             raise BadInput(f"target {name!r} is not in institution {institution!r}")
         targets.append(channel)
     return targets
-
-
-async def _denied(ctx: Context, action: str, number: int) -> None:
-    ctx.services.metrics.permission_denied.labels(action=action).inc()
-    await repo.audit(ctx.sessions, ctx.actor, f"{action}.denied", f"alert:{number}", "denied")
 
 
 async def _publish(ctx: Context, alert: Alert, kind: str, targets: list[str]) -> None:
@@ -91,11 +86,12 @@ async def alert(info: strawberry.Info[Context], id: strawberry.ID) -> Alert:
     viewer = ctx.require_viewer()
     number = _number(id)
     row = await alert_repo.get_alert(ctx.sessions, number, viewer.institution)
-    if row is None:
-        raise NotFound(f"no alert {number}")
+    if row is None:  # another institution's alerts are missing too (and audited)
+        await refuse(ctx, "alert", f"alert:{number}", NotFound(f"no alert {number}"))
     manager = viewer.role in (Role.ADMIN, Role.SERVICE) or row.raised_by == viewer.user_id
     if not manager and not await alert_repo.is_recipient(ctx.sessions, number, viewer.user_id):
-        raise NotFound(f"no alert {number}")
+        detail = {"reason": "not targeted"}
+        await refuse(ctx, "alert", f"alert:{number}", NotFound(f"no alert {number}"), detail)
     result = Alert.from_row(row)
     if manager:
         entries = await alert_repo.roll_call(ctx.sessions, number)
@@ -142,10 +138,8 @@ async def acknowledge_alert(
         case Outcome.ALREADY:
             when = f" at {change.at.isoformat()}" if change.at else ""
             raise BadInput(f"you already acknowledged alert {number}{when}")
-        case Outcome.NOT_TARGETED:
-            await repo.audit(
-                ctx.sessions, ctx.actor, "acknowledgeAlert.denied", f"alert:{number}", "denied"
-            )
+        case Outcome.NOT_TARGETED:  # audited by alert_repo, in its transaction
+            ctx.services.metrics.permission_denied.labels(action="acknowledgeAlert").inc()
             raise Forbidden(f"alert {number} does not target you")
     assert change.at is not None
     return Acknowledgement(
@@ -163,10 +157,8 @@ async def resolve_alert(info: strawberry.Info[Context], alert_id: strawberry.ID)
     match change.outcome:
         case Outcome.NOT_FOUND:
             raise NotFound(f"no alert {number}")
-        case Outcome.NOT_ALLOWED:
-            await repo.audit(
-                ctx.sessions, ctx.actor, "resolveAlert.denied", f"alert:{number}", "denied"
-            )
+        case Outcome.NOT_ALLOWED:  # audited by alert_repo, in its transaction
+            ctx.services.metrics.permission_denied.labels(action="resolveAlert").inc()
             raise Forbidden("only admins and whoever raised the alert may resolve it")
         case Outcome.ALREADY:
             raise BadInput(f"alert {number} is already resolved")

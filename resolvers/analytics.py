@@ -13,6 +13,7 @@ import strawberry
 
 from db import analytics_read as read
 from db.analytics_read import utc
+from resolvers.access import refuse
 from resolvers.emit import emit
 from schema.analytics import (
     Breakdown,
@@ -36,12 +37,16 @@ ACTIVITY_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,47}$")
 LIVE_INTERVAL = 1.0  # the at-most-once-a-second promise of liveMetrics
 
 
-def _admin_of(ctx: Context, institution: str) -> Viewer:
+async def _admin_of(ctx: Context, institution: str, action: str) -> Viewer:
+    """The viewer if they are an admin or service of ``institution``; refusals are
+    audited under ``action`` (the field's name)."""
     viewer = ctx.require_viewer()
+    target = f"institution:{institution}"
     if viewer.institution != institution:
-        raise NotFound(f"no institution {institution!r}")
+        await refuse(ctx, action, target, NotFound(f"no institution {institution!r}"))
     if viewer.role not in (Role.ADMIN, Role.SERVICE):
-        raise Forbidden("analytics are for admins and services of the institution")
+        error = Forbidden("analytics are for admins and services of the institution")
+        await refuse(ctx, action, target, error)
     return viewer
 
 
@@ -69,7 +74,7 @@ async def analytics(
 ) -> list[Point]:
     """A time series with a point for every bucket in [from, to), zeros included."""
     ctx = info.context
-    _admin_of(ctx, str(institution_id))
+    await _admin_of(ctx, str(institution_id), "analytics")
     start, end = _range(from_, to, bucket)
     points = await read.series(
         ctx.sessions, str(institution_id), metric.value, start, end, bucket.value, event_type
@@ -84,7 +89,7 @@ async def top_events(
     to: To,
     limit: int = 10,
 ) -> list[Count]:
-    _admin_of(info.context, str(institution_id))
+    await _admin_of(info.context, str(institution_id), "topEvents")
     if not 1 <= limit <= 100:
         raise BadInput("limit must be between 1 and 100")
     start, end = _range(from_, to, Bucket.DAY)
@@ -96,7 +101,7 @@ async def active_users(
     info: strawberry.Info[Context], institution_id: strawberry.ID, from_: From, to: To
 ) -> int:
     """Distinct users with at least one event in [from, to); exact over any range."""
-    _admin_of(info.context, str(institution_id))
+    await _admin_of(info.context, str(institution_id), "activeUsers")
     start, end = _range(from_, to, Bucket.DAY)
     return await read.active_users(info.context.sessions, str(institution_id), start, end)
 
@@ -108,7 +113,7 @@ async def event_breakdown(
     from_: From,
     to: To,
 ) -> list[Count]:
-    _admin_of(info.context, str(institution_id))
+    await _admin_of(info.context, str(institution_id), "eventBreakdown")
     start, end = _range(from_, to, Bucket.DAY)
     rows = await read.breakdown(info.context.sessions, str(institution_id), start, end, by.value)
     return [Count(key=k, count=Long(n)) for k, n in rows]
@@ -125,7 +130,11 @@ async def track_activity(info: strawberry.Info[Context], input: TrackActivityInp
         raise BadInput("data must be a JSON object")
     if len(json.dumps(data, separators=(",", ":"))) > MAX_DATA_BYTES:
         raise BadInput(f"data is larger than {MAX_DATA_BYTES} bytes as JSON")
-    return emit(ctx.services, viewer, f"activity.{input.type}", data)
+    event = f"activity.{input.type}"
+    emitted = emit(ctx.services, viewer, event, data)
+    # Queued, not awaited: like the event, tracking must not wait for a write.
+    ctx.services.audit.record_later(ctx.actor, "trackActivity", event, "ok", {"emitted": emitted})
+    return emitted
 
 
 async def _snapshot(ctx: Context, institution: str, delivered: float) -> LiveMetrics:
@@ -151,7 +160,7 @@ async def live_metrics(
     may not share this node's bus, and the one-second cap is the poll period.
     """
     ctx = info.context
-    _admin_of(ctx, str(institution_id))
+    await _admin_of(ctx, str(institution_id), "liveMetrics")
     registry = ctx.services.metrics.registry
     window: list[float] = []
     last: str | None = None
@@ -172,7 +181,8 @@ async def live_metrics(
 async def system_status(info: strawberry.Info[Context]) -> SystemStatus:
     viewer = info.context.require_viewer()
     if viewer.role not in (Role.ADMIN, Role.SERVICE):
-        raise Forbidden("system status is for admins and services")
+        error = Forbidden("system status is for admins and services")
+        await refuse(info.context, "systemStatus", "system:status", error)
     events = info.context.services.events
     rows = await read.consumer_offsets(info.context.sessions)
     return SystemStatus(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import structlog
 from pydantic import ValidationError
 
@@ -52,23 +51,3 @@ def emit(
         log.warning("events.not_emitted", type=type, error=str(exc.errors()[0]["msg"]))
         return False
     return services.events.emit(event)
-
-
-def unverified_identity(header: str | None) -> tuple[str | None, str | None]:
-    """(sub, inst) from a token that failed verification, to count failed logins.
-
-    Only for analytics and alerting on repeated failures: nothing here is trusted
-    for access, and garbage yields (None, None).
-    """
-    if not header:
-        return None, None
-    token = header.removeprefix("Bearer ").strip()
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
-    except jwt.PyJWTError:
-        return None, None
-    sub, inst = claims.get("sub"), claims.get("inst")
-    return (
-        sub if isinstance(sub, str) else None,
-        inst if isinstance(inst, str) else None,
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import strawberry
 
 from db import repo
+from resolvers.access import refuse
 from schema.context import Context
 from schema.directory import Institution, Me
 from schema.errors import NotFound
@@ -21,7 +22,8 @@ async def institution(info: strawberry.Info[Context], id: strawberry.ID) -> Inst
     # Another institution is reported as missing, not forbidden: ids do not leak.
     rows = await repo.list_institutions(info.context.sessions, [str(id)])
     if not rows or rows[0].id != viewer.institution:
-        raise NotFound(f"no institution {id!r}")
+        error = NotFound(f"no institution {id!r}")
+        await refuse(info.context, "institution", f"institution:{id}", error)
     return Institution.from_row(rows[0])
 
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import strawberry
 
 from db import repo
-from resolvers.access import authorize
+from resolvers.access import authorize, refuse
 from resolvers.emit import emit
 from schema.context import Context
 from schema.errors import BadInput, NotFound
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
-from streams.acl import Action, Viewer
+from streams.acl import Action, Viewer, presence_key
 from streams.presence import Member, Resync, Status
 
 MAX_MESSAGE = 200
@@ -33,21 +34,23 @@ async def presence_events(
     ctx = info.context
     viewer = ctx.require_viewer()
     parsed = await authorize(ctx, channel, Action.SUBSCRIBE)
+    key, name = presence_key(parsed, viewer), parsed.name
     presence = ctx.services.presence
     member = await _member(ctx, viewer)
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="presence").inc()
     emit(ctx.services, viewer, "presence.join", {"channel": parsed.name}, channel=parsed)
     try:
-        async with presence.attend(parsed.name, viewer.institution, member) as attendance:
-            yield PresenceEvent.from_snapshot(attendance.snapshot)
+        # Events carry the key presence is kept under; clients see the channel.
+        async with presence.attend(key, viewer.institution, member) as attendance:
+            yield PresenceEvent.from_snapshot(replace(attendance.snapshot, channel=name))
             async for item in attendance.events:
                 if isinstance(item, Resync):
-                    snapshot = await presence.snapshot(parsed.name)
+                    snapshot = await presence.snapshot(key)
                     attendance.events.after(snapshot.version)
-                    yield PresenceEvent.from_snapshot(snapshot)
+                    yield PresenceEvent.from_snapshot(replace(snapshot, channel=name))
                 else:
-                    yield PresenceEvent.from_event(item)
+                    yield PresenceEvent.from_event(replace(item, channel=name))
     finally:
         metrics.subscriptions.labels(kind="presence").dec()
         emit(ctx.services, viewer, "presence.leave", {"channel": parsed.name}, channel=parsed)
@@ -56,14 +59,16 @@ async def presence_events(
 async def presence(info: strawberry.Info[Context], channel: str) -> PresenceSnapshot:
     ctx = info.context
     parsed = await authorize(ctx, channel, Action.SUBSCRIBE)
-    return PresenceSnapshot.from_snapshot(await ctx.services.presence.snapshot(parsed.name))
+    snapshot = await ctx.services.presence.snapshot(presence_key(parsed, ctx.require_viewer()))
+    return PresenceSnapshot.from_snapshot(replace(snapshot, channel=parsed.name))
 
 
 async def online_count(info: strawberry.Info[Context], institution_id: strawberry.ID) -> int:
     """Distinct users of your institution holding a presence subscription anywhere."""
     viewer = info.context.require_viewer()
-    if str(institution_id) != viewer.institution:
-        raise NotFound(f"no institution {institution_id!r}")  # ids of others do not leak
+    if str(institution_id) != viewer.institution:  # ids of others do not leak
+        error = NotFound(f"no institution {institution_id!r}")
+        await refuse(info.context, "onlineCount", f"institution:{institution_id}", error)
     return await info.context.services.presence.online_count(viewer.institution)
 
 

@@ -11,10 +11,7 @@ from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
@@ -22,6 +19,7 @@ from strawberry.schema.config import StrawberryConfig
 from resolvers import alerts as al_r
 from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
+from resolvers import audit as audit_r
 from resolvers import channels as chan_r
 from resolvers import institutions as inst_r
 from resolvers import notifications as note_r
@@ -29,10 +27,13 @@ from resolvers import presence as pres_r
 from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
+from schema.audit import AuditLogPage
 from schema.directory import Institution, Me
 from schema.errors import masked, should_mask
 from schema.event_extension import EmitEvents
+from schema.limits import document_limits
 from schema.notifications import Notification, NotifyResult
+from schema.parsing import ParseCache
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 from schema.scalars import SCALAR_MAP
 
@@ -43,10 +44,15 @@ __all__ = ["build_schema", "limit_rules", "masked", "should_mask"]
 
 
 def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:
-    """Depth and alias limits as validation rules; also used by ``api.plan``."""
+    """Depth, alias and selection limits as validation rules; also used by
+    ``api.plan``. One rule, linear in the document (``schema.limits``), instead of
+    Strawberry's limiters, which walk every fragment spread anew (a fragment bomb)."""
     return [
-        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+        document_limits(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+            max_selections=settings.max_selections,
+        )
     ]
 
 
@@ -91,6 +97,13 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
         )
         notifications: list[Notification] = strawberry.field(
             resolver=note_r.notifications, description="Your newest notifications, newest first."
+        )
+        audit_log: AuditLogPage = strawberry.field(
+            resolver=audit_r.audit_log,
+            description=(
+                "Your institution's audit log, newest first, `first` (at most 500) rows "
+                "after the cursor `after`; for admins only."
+            ),
         )
 
     @strawberry.type
@@ -146,15 +159,15 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[
-            # Factories: extensions keep per-request state. The two caches share one
+            # Factories: extensions keep per-request state. Each cache is one
             # module-level LRU, so repeated documents skip parsing and validation.
-            # The limit rules are built once: QueryDepthLimiter and MaxAliasesLimiter
-            # make new rule classes per instance, and ValidationCache keys on the
-            # rules, so per-request instances missed the cache on every request
-            # (validation was half the cost of a publish).
+            # The limit rules are built once: limit_rules makes new rule classes per
+            # call, and ValidationCache keys on the rules, so per-request instances
+            # missed the cache on every request (validation was half the cost of a
+            # publish).
             partial(AddValidationRules, limit_rules(settings)),
             partial(MaxTokensLimiter, max_token_count=settings.max_query_tokens),
-            partial(ParserCache, maxsize=1024),
+            ParseCache,  # Strawberry's ParserCache, minus its subscription bug
             partial(ValidationCache, maxsize=1024),
             partial(MaskErrors, should_mask_error=should_mask),
             EmitEvents,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
+from api.clientinfo import TrustedProxies, client_ip, user_agent
 from db.engine import Sessions
 from db.repo import Actor
 from schema.errors import Unauthenticated
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from api.connections import Connections
     from api.metrics import Metrics
     from api.multiplex import Multiplexer
+    from db.audit_trail import AuditTrail
     from db.group_commit import AnnouncementWriter
 
 
@@ -38,6 +40,8 @@ class Services:
     mux: Multiplexer
     events: EventLog
     presence: Presence
+    audit: AuditTrail
+    trusted_proxies: TrustedProxies = TrustedProxies()
 
 
 @dataclass
@@ -48,6 +52,10 @@ class Context:
     auth_error: str | None = None
     connection_params: dict[str, Any] | None = field(default=None)
     expiry: asyncio.TimerHandle | None = None  # closes a WebSocket when its token expires
+    # One per HTTP request or WebSocket connection (``api.clientinfo.request_id``):
+    # the same in every audit row the request or connection causes.
+    request_id: str | None = None
+    _origin: tuple[str | None, str | None] | None = field(default=None, repr=False)
 
     @property
     def sessions(self) -> Sessions:
@@ -69,6 +77,19 @@ class Context:
             self.services.connections.disconnect_slow(self.request)
 
     @property
+    def origin(self) -> tuple[str | None, str | None]:
+        """(client IP, user agent) of this request or connection, worked out once
+        and only when something is audited."""
+        if self._origin is None:
+            scope = self.request.scope
+            self._origin = (client_ip(scope, self.services.trusted_proxies), user_agent(scope))
+        return self._origin
+
+    @property
     def actor(self) -> Actor:
+        """The verified viewer (or nobody) with where the request came from."""
+        ip, agent = self.origin
         v = self.viewer
-        return Actor(v.user_id, v.role.value, v.institution) if v else Actor()
+        if v is None:
+            return Actor(ip=ip, user_agent=agent, request_id=self.request_id)
+        return Actor(v.user_id, v.role.value, v.institution, ip, agent, self.request_id)

@@ -12,8 +12,18 @@ below, which ``schema.build.build_schema`` and ``api.http_fast`` use).
     ├── BadInput          BAD_INPUT        an argument fails validation
     ├── NotFound          NOT_FOUND        no such object (or not visible to you)
     ├── SlowConsumer      SLOW_CONSUMER    fell too far behind (WebSocket: closed 4008)
+    ├── RateLimited       RATE_LIMITED     over an admission limit (HTTP 429, Retry-After)
     ├── ShuttingDown      SHUTTING_DOWN    server stopping; resume elsewhere with since
     └── Unavailable       UNAVAILABLE      stored, but the bus (Redis) could not take it
+
+``client_fault`` on the class says whose fault an error is: the first seven are the
+caller's and are counted as ``client_error.<code>`` events; the others (and any
+unexpected exception) as ``error.<code>``, which feed errors/min and its alert.
+
+Documents over a limit are refused at validation, before anything runs, with
+``GraphQLError``s that carry their code themselves (``schema.limits``; never masked):
+``QUERY_TOO_DEEP``, ``TOO_MANY_ALIASES``, ``QUERY_TOO_COMPLEX`` (too many selections
+once fragments are expanded).
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from graphql import GraphQLError
 
 class ApiError(Exception):
     code: ClassVar[str] = "INTERNAL"
+    # The caller's fault (a request that could not succeed): counted as a client
+    # error event, never in errors/min and its alert, which are for server faults.
+    client_fault: ClassVar[bool] = False
 
     @property
     def extensions(self) -> dict[str, Any]:
@@ -33,26 +46,53 @@ class ApiError(Exception):
 
 class Unauthenticated(ApiError):
     code = "UNAUTHENTICATED"
+    client_fault = True
 
 
 class Forbidden(ApiError):
     code = "FORBIDDEN"
+    client_fault = True
 
 
 class BadChannel(ApiError):
     code = "BAD_CHANNEL"
+    client_fault = True
 
 
 class BadInput(ApiError):
     code = "BAD_INPUT"
+    client_fault = True
 
 
 class NotFound(ApiError):
     code = "NOT_FOUND"
+    client_fault = True
 
 
 class SlowConsumer(ApiError):
     code = "SLOW_CONSUMER"
+    client_fault = True
+
+
+class RateLimited(ApiError):
+    """Over a limit of ``api.admission``; ``retry_after``: seconds until a rate
+    admits again (at most one window), also the HTTP ``Retry-After``; None for a
+    count (open subscriptions), which frees up when something closes."""
+
+    code = "RATE_LIMITED"
+    client_fault = True
+
+    def __init__(self, message: str, limit: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"code": self.code, "limit": self.limit}
+        if self.retry_after is not None:
+            found["retryAfter"] = self.retry_after
+        return found
 
 
 class ShuttingDown(ApiError):

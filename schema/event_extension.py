@@ -14,7 +14,7 @@ from strawberry.types.graphql import OperationType
 
 from resolvers.emit import emit
 from schema.context import Context
-from schema.errors import should_mask
+from schema.errors import ApiError, should_mask
 
 NOT_EMITTED = frozenset({"trackActivity"})  # it emits the activity event itself
 
@@ -48,16 +48,18 @@ def emit_operation_events(
         return
     if operation_type is OperationType.SUBSCRIPTION:
         return
-    codes = sorted({error_code(e) for e in errors or []})
+    kinds = {(error_code(e), is_client_fault(e)) for e in errors or []}
+    codes = sorted({code for code, _ in kinds})
     if operation_type is OperationType.MUTATION:
         outcome = "error" if errors else "ok"
         for name in _fields(document, operation_name):
             if name not in NOT_EMITTED:
                 data = {"outcome": outcome, "codes": codes}
                 emit(context.services, context.viewer, f"mutation.{name}", data)
-    for code in codes:
+    for code, client in sorted(kinds):
         data = {"operation": operation_name or ""}
-        emit(context.services, context.viewer, f"error.{code.lower()}", data)
+        prefix = "client_error" if client else "error"
+        emit(context.services, context.viewer, f"{prefix}.{code.lower()}", data)
 
 
 def error_code(error: GraphQLError) -> str:
@@ -65,8 +67,8 @@ def error_code(error: GraphQLError) -> str:
     check of the request (a variable of the wrong type, an unknown enum value: no
     path, and nothing a client may not see, see ``should_mask``); else ``INTERNAL``.
 
-    Why not INTERNAL for all of them: ``error.internal`` feeds the errors/min
-    metric and its alert, which a client sending bad variables must not trip.
+    Why not INTERNAL for all of them: a client sending bad variables must be told
+    apart from a server fault (see :func:`is_client_fault`).
     """
     code = (error.extensions or {}).get("code")
     if code is not None:
@@ -74,6 +76,21 @@ def error_code(error: GraphQLError) -> str:
     if error.path is None and not should_mask(error):
         return "BAD_INPUT"
     return "INTERNAL"
+
+
+def is_client_fault(error: GraphQLError) -> bool:
+    """Whether the request itself was at fault: our errors say so on their class
+    (``ApiError.client_fault``); GraphQL's own checks of the request (validation,
+    variables, document limits) are the client's; an unexpected exception is ours.
+
+    Why it matters: ``error.*`` events feed errors/min and its alert. One student's
+    60 FORBIDDEN answers tripped the institution's alert before this split; they
+    are ``client_error.*`` events now, still counted per type.
+    """
+    original = error.original_error
+    if isinstance(original, ApiError):
+        return original.client_fault
+    return not should_mask(error)
 
 
 def _fields(document: object, operation_name: str | None) -> list[str]:

@@ -12,11 +12,18 @@ classroom c        admin, service; members     admin, service; teachers of c
 role r             admin, service; role == r   admin, service
 alerts             everyone of I               admin, service
 user u             u only                      admin, service of u's institution
-system:status      admin, service (any inst)   service
+system:status      admin, service (any inst),  platform
+                   platform
 =================  ==========================  ===================================
 
 ``user:{u}`` carries no institution, so publishing there needs the target's home
 institution, which the caller looks up and passes as ``user_institution``.
+
+``system:status`` is the one channel every institution's admins share, so writing
+to it is reserved to the ``platform`` role, which only a token of the reserved
+institution ``platform`` can hold (``api.auth`` refuses any other pairing): an
+institution's service token cannot address every school's admins. Presence there
+is kept per institution (:func:`presence_key`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ class Role(StrEnum):
     TEACHER = "teacher"
     STUDENT = "student"
     SERVICE = "service"
+    PLATFORM = "platform"  # operators of the deployment, not of an institution
+
+
+# The institution claim of platform tokens, and of no institution's token.
+PLATFORM_INSTITUTION = "platform"
 
 
 class Action(StrEnum):
@@ -65,9 +77,9 @@ def is_allowed(
     """Decide access; unknown combinations are denied."""
     kind = channel.kind
     if kind is ChannelKind.SYSTEM_STATUS:
-        return viewer.role is Role.SERVICE or (
-            action is Action.SUBSCRIBE and viewer.role is Role.ADMIN
-        )
+        if action is Action.PUBLISH:
+            return viewer.role is Role.PLATFORM
+        return viewer.role in (Role.ADMIN, Role.SERVICE, Role.PLATFORM)
     if kind is ChannelKind.USER:
         if action is Action.SUBSCRIBE:
             return channel.key == viewer.user_id
@@ -89,3 +101,16 @@ def is_allowed(
                 return False
             return action is Action.SUBSCRIBE or viewer.role is Role.TEACHER
     return False
+
+
+def presence_key(channel: Channel, viewer: Viewer) -> str:
+    """Where ``viewer``'s presence on ``channel`` is kept and read.
+
+    Every channel but one belongs to one institution (or one user), so its name
+    is its key. ``system:status`` is shared by every institution's admins: there
+    each institution gets its own presence, so one school's admins never see
+    another's (they once did: northwood's admin listed riverside's).
+    """
+    if channel.kind is ChannelKind.SYSTEM_STATUS:
+        return f"{channel.name}@{viewer.institution}"
+    return channel.name

@@ -15,9 +15,23 @@ from api.auth import TokenService
 from db.seed import demo_claims
 from tests.services import free_port
 
-SECRET = "edumatrix-test-secret-" + "k" * 40
+# Random-looking on purpose: cluster mode refuses padded phrases such as
+# "edumatrix-test-secret-" + "k" * 40 (api/secret_policy.py).
+SECRET = "edumatrix-test-8cSZ_ta4Iwkq92JEQymRc4OPMG6-TxC0jHKe4RddbxPiQsC_"
 TOKENS = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
 REPO = Path(__file__).resolve().parent.parent
+# Admission control (api/admission.py) far above its defaults, but on: the suite
+# publishes in bursts, opens many sockets with one token, and every test shares
+# 127.0.0.1. tests/integration/test_admission.py sets low limits per server.
+GENEROUS_ADMISSION = {
+    "EDUMATRIX_RATE_LIMIT_USER_MUTATIONS": "100000/second",
+    "EDUMATRIX_RATE_LIMIT_SERVICE_MUTATIONS": "100000/second",
+    "EDUMATRIX_RATE_LIMIT_AUTH_FAILURES_PER_IP": "100000/minute",
+    "EDUMATRIX_RATE_LIMIT_WS_MESSAGES": "100000/second",
+    "EDUMATRIX_MAX_CONNECTIONS_PER_IP": "100000",
+    "EDUMATRIX_MAX_CONNECTIONS_PER_SUBJECT": "100000",
+    "EDUMATRIX_MAX_SUBSCRIPTIONS_PER_SUBJECT": "1000000",
+}
 
 
 def token(user_id: str, *, ttl: int = 600) -> str:
@@ -38,6 +52,7 @@ def base_env(workdir: Path, **settings: str) -> dict[str, str]:
     env["EDUMATRIX_JWT_SECRET"] = SECRET
     env["EDUMATRIX_DATA_DIR"] = str(workdir / ".edumatrix")
     env["PYTHONPATH"] = str(REPO)
+    env.update(GENEROUS_ADMISSION)
     env.update({f"EDUMATRIX_{k.upper()}": v for k, v in settings.items()})
     return env
 

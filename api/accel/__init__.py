@@ -52,7 +52,7 @@ STOCK_EXTENSIONS = frozenset(
     {
         "strawberry.extensions.add_validation_rules.AddValidationRules",
         "strawberry.extensions.max_tokens.MaxTokensLimiter",
-        "strawberry.extensions.parser_cache.ParserCache",
+        "schema.parsing.ParseCache",
         "strawberry.extensions.validation_cache.ValidationCache",
         "strawberry.extensions.mask_errors.MaskErrors",
         "schema.event_extension.EmitEvents",
@@ -117,6 +117,12 @@ PATHS: tuple[FastPath, ...] = (
         ("api.wsprotocol",),
         "uvicorn's websockets-sansio protocol's per-connection containers",
         {"uvicorn": _WINDOW_UVICORN},
+    ),
+    FastPath(
+        "ratelimit_memory",
+        ("api.admission",),
+        "the per-hit expiry sweep of `limits`' memory storage (embedded-mode rate limits)",
+        {"limits": ">=5.0,<6"},
     ),
     FastPath(
         "lane",

@@ -148,7 +148,7 @@ def test_audit_log_records_mutations_denials_and_failed_auth(
     )
     rows = audit_rows(embedded_server)
     assert ("publishAnnouncement", "ok", "nw-admin", "institution:northwood") in rows
-    assert ("publish.denied", "denied", "nw-dee", "institution:northwood") in rows
+    assert ("publish", "denied", "nw-dee", "institution:northwood") in rows
     assert ("authenticate", "failed", None, "http") in rows
 
 

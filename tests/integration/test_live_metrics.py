@@ -19,8 +19,8 @@ import httpx
 from api.auth import TokenService
 from streams.acl import Role
 from tests.gqlws import connect
-from tests.integration.test_analytics_api import TRACK
-from tests.server import ServerProcess, token
+from tests.integration.test_analytics_api import SERIES, TRACK, window
+from tests.server import TOKENS, ServerProcess, token
 
 LIVE = """subscription($i: ID!) {
   liveMetrics(institutionId: $i) {
@@ -72,10 +72,26 @@ async def test_live_metrics_is_for_admins_of_the_institution(
             assert (await client.recv())["type"] == "complete"
 
 
-def forged(sub: str) -> str:
-    """A token with nw claims but the wrong key: fails verification, names a sub."""
+def forged(sub: str, institution: str = "northwood") -> str:
+    """A token with real-looking claims but the wrong key: fails verification."""
     wrong = TokenService(algorithm="HS256", verify_key="w" * 48, signing_key="w" * 48)
-    return wrong.mint(sub=sub, role=Role.STUDENT, institution="northwood", ttl_seconds=600)
+    return wrong.mint(sub=sub, role=Role.STUDENT, institution=institution, ttl_seconds=600)
+
+
+def expired(sub: str) -> str:
+    """A token we signed, expired: refused, but it truly names its user."""
+    return TOKENS.mint(sub=sub, role=Role.STUDENT, institution="northwood", ttl_seconds=-120)
+
+
+async def fail_logins(server: ServerProcess, bad: str, times: int) -> None:
+    for _ in range(times):
+        response = await asyncio.to_thread(
+            httpx.post,
+            f"{server.url}/graphql",
+            json={"query": "{ __typename }"},
+            headers={"Authorization": f"Bearer {bad}"},
+        )
+        assert response.status_code in (200, 401), response.text
 
 
 async def test_failed_logins_raise_an_alert_on_the_admin_channel(
@@ -89,16 +105,8 @@ async def test_failed_logins_raise_an_alert_on_the_admin_channel(
         assert (await admin.init(token("nw-admin")))["type"] == "connection_ack"
         await admin.subscribe(CHANNEL, {"name": "institution:northwood:role:admin"})
         await asyncio.sleep(0.3)  # the subscription is registered before we fail logins
-        bad = forged(f"intruder-{secrets.token_hex(2)}")
         # 5 failures: even split by a minute boundary, one minute holds 3 > threshold 2.
-        for _ in range(5):
-            response = await asyncio.to_thread(
-                httpx.post,
-                f"{server.url}/graphql",
-                json={"query": "{ __typename }"},
-                headers={"Authorization": f"Bearer {bad}"},
-            )
-            assert response.status_code in (200, 401), response.text
+        await fail_logins(server, expired(f"user-{secrets.token_hex(2)}"), 5)
         message = await admin.next_data(wait=10)
         event = message["channel"]
         assert (event["kind"], event["channel"]) == (
@@ -113,3 +121,73 @@ async def test_failed_logins_raise_an_alert_on_the_admin_channel(
         except TimeoutError:
             extra = None
         assert extra is None, extra
+
+
+async def test_forged_tokens_write_nothing_into_the_institution_they_name(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """Anyone can put another school's ids into an unsigned token: such failures
+    must raise no alert there and add nothing to its analytics. The control, a
+    signed but expired token, is counted (the test above)."""
+    server = make_server(alert_failed_logins_per_minute="2")
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    async with connect(server.ws_url) as admin:
+        assert (await admin.init(token("rv-admin")))["type"] == "connection_ack"
+        await admin.subscribe(CHANNEL, {"name": "institution:riverside:role:admin"})
+        await asyncio.sleep(0.3)
+        await fail_logins(server, forged("rv-finn", institution="riverside"), 12)
+        await fail_logins(server, expired("nw-late"), 1)  # counted: proves the pipeline ran
+        try:
+            extra = await admin.recv(wait=2.0)
+        except TimeoutError:
+            extra = None
+        assert extra is None, extra
+    cases = (("northwood", "nw-admin", 1), ("riverside", "rv-admin", 0))
+    for institution, admin_user, expected in cases:
+        counted = None
+        for _ in range(50):
+            variables: dict[str, object] = {"i": institution, **window()}
+            result = server.graphql(SERIES, variables, as_user=admin_user)
+            top = {c["key"]: c["count"] for c in result["data"]["topEvents"]}  # type: ignore[index]
+            counted = top.get("auth.failed", 0)
+            if counted == expected:
+                break
+            await asyncio.sleep(0.1)
+        assert counted == expected, (institution, top)
+
+
+async def test_client_errors_do_not_trip_the_errors_alert(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A student's forbidden requests are counted, as client errors, but they do
+    not raise the institution's errors/min alert (before, 60 of them did)."""
+    server = make_server(alert_errors_per_minute="2")
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    publish = "mutation($i: PublishAnnouncementInput!) { publishAnnouncement(input: $i) { id } }"
+    given = {"channel": "institution:northwood", "title": "t", "body": "b"}
+    async with connect(server.ws_url) as admin:
+        assert (await admin.init(token("nw-admin")))["type"] == "connection_ack"
+        await admin.subscribe(CHANNEL, {"name": "institution:northwood:role:admin"})
+        await asyncio.sleep(0.3)
+        for _ in range(6):
+            denied = await asyncio.to_thread(server.graphql, publish, {"i": given}, as_user="nw-cy")
+            assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"  # type: ignore[index]
+        try:
+            extra = await admin.recv(wait=2.0)
+        except TimeoutError:
+            extra = None
+        assert extra is None, extra
+    top: dict[str, int] = {}
+    for _ in range(50):
+        variables: dict[str, object] = {"i": "northwood", **window()}
+        result = server.graphql(SERIES, variables, as_user="nw-admin")
+        top = {c["key"]: c["count"] for c in result["data"]["topEvents"]}  # type: ignore[index]
+        if top.get("client_error.forbidden") == 6:
+            break
+        await asyncio.sleep(0.1)
+    assert top.get("client_error.forbidden") == 6, top
+    assert not [key for key in top if key.startswith("error.")], top

@@ -45,7 +45,7 @@ def test_a_library_outside_its_window_turns_off_only_the_paths_that_touch_it() -
         )
 
     decision = decide(versions=versions)
-    assert decision.on == {"wsprotocol", "lane"}
+    assert decision.on == {"wsprotocol", "lane", "ratelimit_memory"}
     assert "strawberry-graphql 0.400.0 is outside the tested window" in decision.why_off["http"]
     assert decision.why_off["rawsocket"] == "needs multiplex, which is off"
 

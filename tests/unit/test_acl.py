@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from streams.acl import Action, Role, Viewer, is_allowed
+from streams.acl import PLATFORM_INSTITUTION, Action, Role, Viewer, is_allowed, presence_key
 from streams.channels import Channel, parse_channel
 
 OWN = "inst-a"
@@ -20,11 +20,12 @@ MY_CLASS = "class-a"
 
 
 def viewer_for(role: Role, institution: str = OWN) -> Viewer:
-    """Every viewer belongs to OWN, is a member of MY_DEPT / MY_CLASS."""
+    """Every viewer belongs to OWN (platform ones to the platform), is a member of
+    MY_DEPT / MY_CLASS."""
     return Viewer(
         user_id=f"me-{role.value}",
         role=role,
-        institution=institution,
+        institution=PLATFORM_INSTITUTION if role is Role.PLATFORM else institution,
         departments=frozenset({MY_DEPT, "dept-extra"}),
         classrooms=frozenset({MY_CLASS}),
     )
@@ -42,101 +43,101 @@ class Case:
 
 
 Y, N = True, False
-A, T, S, V = Role.ADMIN, Role.TEACHER, Role.STUDENT, Role.SERVICE
+A, T, S, V, P = Role.ADMIN, Role.TEACHER, Role.STUDENT, Role.SERVICE, Role.PLATFORM
 
 # case id -> (channel case, {role: (may subscribe, may publish)})
 TABLE: dict[str, tuple[Case, dict[Role, tuple[bool, bool]]]] = {
     # institution: subscribe everyone of I; publish admin, service
     "institution/own": (
         Case(f"institution:{OWN}"),
-        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y), P: (N, N)},
     ),
     "institution/other": (
         Case(f"institution:{OTHER}"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     # department d: subscribe admin, service, members; publish admin, service, teachers of d
     "department/member": (
         Case(f"institution:{OWN}:department:{MY_DEPT}"),
-        {A: (Y, Y), T: (Y, Y), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, Y), S: (Y, N), V: (Y, Y), P: (N, N)},
     ),
     "department/non-member": (
         Case(f"institution:{OWN}:department:dept-z"),
-        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y), P: (N, N)},
     ),
     "department/other-inst-same-id": (
         Case(f"institution:{OTHER}:department:{MY_DEPT}"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     # classroom c: subscribe admin, service, members; publish admin, service, teachers of c
     "classroom/member": (
         Case(f"institution:{OWN}:classroom:{MY_CLASS}"),
-        {A: (Y, Y), T: (Y, Y), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, Y), S: (Y, N), V: (Y, Y), P: (N, N)},
     ),
     "classroom/non-member": (
         Case(f"institution:{OWN}:classroom:class-z"),
-        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y), P: (N, N)},
     ),
     "classroom/other-inst-same-id": (
         Case(f"institution:{OTHER}:classroom:{MY_CLASS}"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     # a department id never grants a classroom of the same name, and vice versa
     "classroom/named-like-my-dept": (
         Case(f"institution:{OWN}:classroom:{MY_DEPT}"),
-        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y), P: (N, N)},
     ),
     # role r: subscribe admin, service, role == r; publish admin, service
     "role-admin/own": (
         Case(f"institution:{OWN}:role:admin"),
-        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, Y), T: (N, N), S: (N, N), V: (Y, Y), P: (N, N)},
     ),
     "role-teacher/own": (
         Case(f"institution:{OWN}:role:teacher"),
-        {A: (Y, Y), T: (Y, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, N), S: (N, N), V: (Y, Y), P: (N, N)},
     ),
     "role-student/own": (
         Case(f"institution:{OWN}:role:student"),
-        {A: (Y, Y), T: (N, N), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (N, N), S: (Y, N), V: (Y, Y), P: (N, N)},
     ),
     "role-admin/other": (
         Case(f"institution:{OTHER}:role:admin"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     "role-teacher/other": (
         Case(f"institution:{OTHER}:role:teacher"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     "role-student/other": (
         Case(f"institution:{OTHER}:role:student"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     # alerts: subscribe everyone of I; publish admin, service
     "alerts/own": (
         Case(f"institution:{OWN}:alerts"),
-        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y), P: (N, N)},
     ),
     "alerts/other": (
         Case(f"institution:{OTHER}:alerts"),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
     # user u: subscribe u only; publish admin, service of u's institution
     "user/self": (
         Case("user:{me}", user_institution=OWN),
-        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y)},
+        {A: (Y, Y), T: (Y, N), S: (Y, N), V: (Y, Y), P: (Y, N)},
     ),
     "user/other-same-inst": (
         Case("user:someone-else", user_institution=OWN),
-        {A: (N, Y), T: (N, N), S: (N, N), V: (N, Y)},
+        {A: (N, Y), T: (N, N), S: (N, N), V: (N, Y), P: (N, N)},
     ),
     "user/other-other-inst": (
         Case("user:someone-else", user_institution=OTHER),
-        {A: (N, N), T: (N, N), S: (N, N), V: (N, N)},
+        {A: (N, N), T: (N, N), S: (N, N), V: (N, N), P: (N, N)},
     ),
-    # system:status: subscribe admin, service (any institution); publish service
+    # system:status: subscribe admin, service (any institution), platform; publish platform
     "system-status": (
         Case("system:status"),
-        {A: (Y, N), T: (N, N), S: (N, N), V: (Y, Y)},
+        {A: (Y, N), T: (N, N), S: (N, N), V: (Y, N), P: (Y, Y)},
     ),
 }
 
@@ -168,7 +169,7 @@ def test_matrix(case_id: str, role: Role, action: Action) -> None:
     assert actual is expected, f"{role.value} {action.value} {channel.name}"
 
 
-@pytest.mark.parametrize("role", ALL_ROLES)
+@pytest.mark.parametrize("role", [r for r in ALL_ROLES if r is not Role.PLATFORM])
 def test_system_status_does_not_depend_on_institution(role: Role) -> None:
     channel = parse_channel("system:status")
     _, by_role = TABLE["system-status"]
@@ -288,3 +289,12 @@ def test_viewer_defaults() -> None:
     assert viewer.departments == frozenset()
     assert viewer.classrooms == frozenset()
     assert viewer.expires_at is None
+
+
+def test_presence_on_system_status_is_kept_per_institution() -> None:
+    """The one channel every institution's admins share: their presence is not."""
+    status = parse_channel("system:status")
+    mine, theirs = viewer_for(Role.ADMIN, OWN), viewer_for(Role.ADMIN, OTHER)
+    assert presence_key(status, mine) != presence_key(status, theirs)
+    classroom = parse_channel(f"institution:{OWN}:classroom:{MY_CLASS}")
+    assert presence_key(classroom, mine) == classroom.name

@@ -7,8 +7,11 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
+import sqlite3
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,22 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from api.auth import AuthError, TokenService, viewer_from_claims
+from api.secret_policy import (
+    is_loopback,
+    secret_weakness,
+    shannon_bits_per_byte,
+    smallest_period,
+)
 from api.settings import Mode, Settings
-from streams.acl import Role, Viewer
+from db.engine import ensure_sqlite_dir
+from streams.acl import PLATFORM_INSTITUTION, Role, Viewer
+from tests.server import SECRET as SERVER_SECRET
 
 SECRET = "s" * 24 + "0123456789abcdefghijklmn"  # 48 characters
 OTHER_SECRET = "o" * 24 + "0123456789abcdefghijklmn"
@@ -102,7 +116,8 @@ def test_minted_claims_are_sorted_and_typed(service: TokenService) -> None:
 
 @pytest.mark.parametrize("role", list(Role))
 def test_every_role_round_trips(service: TokenService, role: Role) -> None:
-    viewer = service.verify(service.mint(sub="u1", role=role, institution="nw"))
+    institution = PLATFORM_INSTITUTION if role is Role.PLATFORM else "nw"
+    viewer = service.verify(service.mint(sub="u1", role=role, institution=institution))
     assert viewer.role is role
     assert viewer.departments == frozenset()
     assert viewer.classrooms == frozenset()
@@ -409,9 +424,27 @@ def test_cluster_requires_jwt_secret(clean_env: Path) -> None:
         Settings(redis_url="redis://x")
 
 
-@pytest.mark.parametrize("secret", ["changeme", "CHANGEME", "secret", "test", "x" * 31])
+WEAK_SECRETS = {
+    "placeholder": "changeme",
+    "placeholder-upper": "CHANGEME",
+    "secret": "secret",
+    "test": "test",
+    "short": "x" * 31,
+    "one-char": "x" * 48,
+    "spaces": " " * 32,
+    "whitespace": " \t\n " * 10,
+    "changeme-x4": "changeme" * 4,
+    "placeholder-padded-x4": "Change-Me!" * 4,
+    "pattern": "abcd1234" * 5,
+    "pattern-partial": "0123456789abcdef" * 2 + "01234567",
+    "padded-phrase": "edumatrix-test-secret-" + "k" * 40,
+    "low-entropy": "a" * 30 + "bcdefgh" + "a" * 10,
+}
+
+
+@pytest.mark.parametrize("secret", list(WEAK_SECRETS.values()), ids=list(WEAK_SECRETS))
 def test_cluster_rejects_weak_secret(clean_env: Path, secret: str) -> None:
-    with pytest.raises(ValidationError, match="at least 32 bytes"):
+    with pytest.raises(ValidationError, match="too weak .* at least 32 bytes"):
         Settings(redis_url="redis://x", jwt_secret=secret)
 
 
@@ -488,3 +521,301 @@ def test_cached_verification_still_expires() -> None:
     time.sleep(1.2)
     with pytest.raises(AuthError, match="expired"):
         service.verify(token)
+
+
+# --- time claims: integers only, bounded (issue 16) ----------------------------------
+
+DAY = 24 * 3600
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def bad_time_claims() -> dict[str, tuple[dict[str, Any], str]]:
+    """Built when a test runs: times taken at collection go stale in a long run."""
+    return {
+        "exp-numeric-string": ({"exp": str(_now() + 600)}, "'exp' must be an integer"),
+        "exp-float": ({"exp": _now() + 600.5}, "'exp' must be an integer"),
+        "exp-integral-float": ({"exp": float(_now() + 600)}, "'exp' must be an integer"),
+        "exp-bool": ({"exp": True}, "expired|'exp' must be an integer"),
+        "exp-list": ({"exp": [_now() + 600]}, "invalid token|'exp' must be an integer"),
+        "exp-1e20": ({"exp": 10**20}, "'exp' lies more than"),
+        "exp-2^64": ({"exp": 2**64}, "'exp' lies more than"),
+        "exp-beyond-max-ttl": ({"exp": _now() + 31 * DAY}, "'exp' lies more than 2592000 seconds"),
+        "exp-past": ({"exp": _now() - 60}, "token expired"),
+        "exp-far-past": ({"exp": -(10**20)}, "token expired"),
+        "iat-future": ({"iat": _now() + 120}, r"not yet valid \(iat\)"),
+        "iat-string": ({"iat": str(_now())}, "'iat' must be an integer"),
+        "iat-float": ({"iat": _now() + 0.5}, "'iat' must be an integer"),
+        "nbf-future": ({"nbf": _now() + 120}, r"not yet valid \(nbf\)"),
+        "nbf-string": ({"nbf": str(_now() - 10)}, "'nbf' must be an integer"),
+        "nbf-null": ({"nbf": None}, r"(nbf\)|'nbf') must be an integer"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_time_claims()))
+def test_bad_time_claims_are_refused(service: TokenService, case: str) -> None:
+    overrides, message = bad_time_claims()[case]
+    token = hs256(claims(**overrides))
+    with pytest.raises(AuthError, match=message):
+        service.verify(token)
+    with pytest.raises(AuthError, match=message):  # and nothing was cached
+        service.verify(token)
+
+
+def test_good_time_claims_are_accepted(service: TokenService) -> None:
+    now = _now()
+    for overrides in (
+        {"exp": now + 30 * DAY - 60},  # just inside the default maximum
+        {"nbf": now - 10, "iat": now - 10},
+        {"nbf": now + 2, "iat": now + 2},  # within the 5 s leeway
+        {"iat": _DROP},
+    ):
+        assert service.verify(hs256(claims(**overrides))).user_id == "alice"
+
+
+def test_max_ttl_is_configurable() -> None:
+    strict = TokenService(
+        algorithm="HS256", verify_key=SECRET, signing_key=SECRET, max_ttl_seconds=600
+    )
+    assert strict.verify(hs256(claims(exp=_now() + 590))).user_id == "alice"
+    with pytest.raises(AuthError, match="'exp' lies more than 600 seconds"):
+        strict.verify(hs256(claims(exp=_now() + 700)))
+    with pytest.raises(AuthError, match="longer than the 600 s"):
+        strict.mint(sub="u", role=Role.ADMIN, institution="nw", ttl_seconds=601)
+    assert strict.verify(strict.mint(sub="u", role=Role.ADMIN, institution="nw", ttl_seconds=600))
+
+
+def test_max_ttl_from_settings(clean_env: Path) -> None:
+    settings = Settings(data_dir=clean_env, jwt_max_ttl_seconds=3600)
+    service, _ = TokenService.from_settings(settings)
+    with pytest.raises(AuthError, match="longer than the 3600 s"):
+        service.mint(sub="u", role=Role.ADMIN, institution="nw", ttl_seconds=7200)
+    assert Settings(data_dir=clean_env).jwt_max_ttl_seconds == 30 * DAY
+    for bad in (0, 59, 367 * DAY):
+        with pytest.raises(ValidationError, match="jwt_max_ttl_seconds"):
+            Settings(data_dir=clean_env, jwt_max_ttl_seconds=bad)
+
+
+def test_numeric_string_exp_is_not_cached_past_expiry() -> None:
+    """The reported bug: ``"exp": "<soon>"`` passed PyJWT (it calls int()), the
+    viewer got no expiry, and the cache kept accepting the token forever."""
+    service = TokenService(
+        algorithm="HS256", verify_key=SECRET, signing_key=SECRET, leeway_seconds=0
+    )
+    token = hs256(claims(exp=str(_now() + 1)))
+    for _ in range(2):
+        with pytest.raises(AuthError, match="'exp' must be an integer"):
+            service.verify(token)
+
+
+def test_cached_viewer_expires_at_the_integer_exp() -> None:
+    service = TokenService(
+        algorithm="HS256", verify_key=SECRET, signing_key=SECRET, leeway_seconds=0
+    )
+    exp = _now() + 1
+    viewer = service.verify(hs256(claims(exp=exp)))
+    assert viewer.expires_at == datetime.fromtimestamp(exp, UTC)
+
+
+@pytest.mark.parametrize("exp", [10**20, -(10**20), 2**63])
+def test_viewer_from_claims_out_of_range_exp(exp: int) -> None:
+    with pytest.raises(AuthError, match="'exp' is out of range"):
+        viewer_from_claims({"sub": "u", "role": "admin", "inst": "nw", "exp": exp})
+
+
+@pytest.mark.parametrize("exp", ["1700000000", 1_700_000_000.0, True, None])
+def test_viewer_from_claims_non_integer_exp(exp: object) -> None:
+    with pytest.raises(AuthError, match="'exp' must be an integer"):
+        viewer_from_claims({"sub": "u", "role": "admin", "inst": "nw", "exp": exp})
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.integers(min_value=0, max_value=10**12).map(str)
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=5,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(exp=_JSON, nbf=_JSON | st.just(_DROP), iat=_JSON | st.just(_DROP))
+def test_any_time_claims_give_a_viewer_or_auth_error(exp: Any, nbf: Any, iat: Any) -> None:
+    """Whatever JSON an attacker signs into the time claims, verification ends in a
+    Viewer with a bounded expiry or an AuthError, never another exception (the 500)."""
+    service = TokenService(algorithm="HS256", verify_key=SECRET, signing_key=SECRET)
+    token = hs256(claims(exp=exp, nbf=nbf, iat=iat))
+    try:
+        viewer = service.verify(token)
+    except AuthError:
+        return
+    assert type(exp) is int
+    assert viewer.expires_at == datetime.fromtimestamp(exp, UTC)
+    assert exp <= time.time() + 30 * DAY + 5
+
+
+# --- secret strength and exposure ----------------------------------------------------
+
+STRONG_SECRETS = {
+    "token_urlsafe": "oVb1sQm2pO2a0lqvJ8rJgC1o0iJ8nHq3wQm6x3m1Z9fS1yk8aW0eT4u7pQ2rX5vN",
+    "hex-32-bytes": "3f9c2a7be14d8065c1f2a9d3e7b04c5a9e1d2f3c4b5a69788796a5b4c3d2e1f0",
+    "hex-16-bytes": "94b1f7cc16ae9bf5a510a39d827f7f3e",
+    "unit-test-secret": SECRET,
+    "server-test-secret": SERVER_SECRET,
+    "passphrase": "correct horse battery staple!!!!",
+}
+
+
+@pytest.mark.parametrize("secret", list(STRONG_SECRETS.values()), ids=list(STRONG_SECRETS))
+def test_strong_secrets_pass(clean_env: Path, secret: str) -> None:
+    assert secret_weakness(secret) is None
+    assert Settings(redis_url="redis://x", jwt_secret=secret).mode is Mode.CLUSTER
+
+
+def test_generated_secrets_always_pass() -> None:
+    for _ in range(2000):
+        assert secret_weakness(secrets.token_urlsafe(48)) is None
+        assert secret_weakness(secrets.token_hex(32)) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "period"),
+    [(b"", 0), (b"x", 1), (b"xxxx", 1), (b"abab", 2), (b"ababa", 2), (b"abcab", 3), (b"abc", 3)],
+)
+def test_smallest_period(data: bytes, period: int) -> None:
+    assert smallest_period(data) == period
+
+
+def test_shannon_bits_per_byte() -> None:
+    assert shannon_bits_per_byte(b"") == 0.0
+    assert shannon_bits_per_byte(b"x" * 10) == 0.0
+    assert shannon_bits_per_byte(bytes(range(256))) == pytest.approx(8.0)
+    assert shannon_bits_per_byte(b"ab" * 8) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.5", False),
+        ("192.168.1.20", False),
+        ("example.org", False),
+        ("localhost.example.org", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_exposure_problem(clean_env: Path, rsa_pems: tuple[str, str]) -> None:
+    generated = Settings(data_dir=clean_env)
+    assert generated.exposure_problem("127.0.0.1") is None
+    assert generated.exposure_problem("localhost") is None
+    problem = generated.exposure_problem("0.0.0.0")
+    assert problem is not None and "needs EDUMATRIX_JWT_SECRET" in problem
+    assert "development secret" in problem
+
+    weak = Settings(data_dir=clean_env, jwt_secret="secret")  # fine on loopback
+    assert weak.exposure_problem("::1") is None
+    problem = weak.exposure_problem("10.1.2.3")
+    assert problem is not None and "too weak" in problem
+
+    strong = Settings(data_dir=clean_env, jwt_secret=STRONG_SECRETS["token_urlsafe"])
+    assert strong.exposure_problem("0.0.0.0") is None
+    public_pem, _ = rsa_pems
+    rs256 = Settings(data_dir=clean_env, jwt_algorithm="RS256", jwt_public_key=public_pem)
+    assert rs256.exposure_problem("0.0.0.0") is None
+
+
+def test_tls_settings(clean_env: Path) -> None:
+    with pytest.raises(ValidationError, match="EDUMATRIX_SSL_KEYFILE needs"):
+        Settings(data_dir=clean_env, ssl_keyfile=clean_env / "key.pem")
+    settings = Settings(data_dir=clean_env, ssl_certfile=clean_env / "both.pem")
+    assert settings.ssl_certfile == clean_env / "both.pem" and settings.ssl_keyfile is None
+
+
+# --- generated files are private -----------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_dev_secret_file_is_private_whatever_the_umask(clean_env: Path) -> None:
+    data_dir = clean_env / "fresh" / "data"
+    old = os.umask(0o000)  # the worst case: nothing masked
+    try:
+        secret, generated = Settings(data_dir=data_dir).signing_secret()
+    finally:
+        os.umask(old)
+    assert generated is True and secret_weakness(secret) is None
+    assert _mode(data_dir / "dev-jwt-secret") == 0o600
+    assert _mode(data_dir) == 0o700
+    assert [p.name for p in data_dir.iterdir()] == ["dev-jwt-secret"]  # no temporary left
+
+
+def test_readable_dev_secret_file_is_tightened(clean_env: Path) -> None:
+    settings = Settings(data_dir=clean_env)
+    settings.dev_secret_path.write_text("x" * 64 + "\n")
+    settings.dev_secret_path.chmod(0o644)
+    assert settings.signing_secret() == ("x" * 64, True)
+    assert _mode(settings.dev_secret_path) == 0o600
+
+
+def test_concurrent_first_runs_agree_on_one_secret(clean_env: Path) -> None:
+    """``--workers`` and ``edumatrix token`` may generate at the same moment: one
+    secret wins, and nobody reads a half-written or empty file."""
+    data_dir = clean_env / "race"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: Settings(data_dir=data_dir).signing_secret(), range(32)))
+    assert len(set(results)) == 1
+    secret, generated = results[0]
+    assert generated and len(secret) >= 32
+
+
+def test_sqlite_file_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "edumatrix.db"
+    old = os.umask(0o000)
+    try:
+        ensure_sqlite_dir(f"sqlite+aiosqlite:///{path}")
+    finally:
+        os.umask(old)
+    assert path.exists() and path.stat().st_size == 0  # SQLite takes an empty file as new
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+    with sqlite3.connect(path) as db:  # SQLite gives -wal and -shm the file's mode
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        for suffix in ("-wal", "-shm"):
+            assert _mode(Path(f"{path}{suffix}")) == 0o600
+    db.close()
+
+
+def test_readable_sqlite_files_are_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    for name in ("old.db", "old.db-wal", "old.db-shm"):
+        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).chmod(0o644)
+    ensure_sqlite_dir(f"sqlite+aiosqlite:///{path}?cache=shared")
+    for name in ("old.db", "old.db-wal", "old.db-shm"):
+        assert _mode(tmp_path / name) == 0o600
+    ensure_sqlite_dir("sqlite+aiosqlite:///:memory:")
+    ensure_sqlite_dir("sqlite+aiosqlite://")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.db", "old.db-shm", "old.db-wal"]
