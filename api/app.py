@@ -160,6 +160,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     view.admission = admission = Admission(
         settings, metrics, paced_memory="ratelimit_memory" in fast
     )
+    view.tarpit_seconds = settings.rate_limit_tarpit_seconds
     _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager

@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         default="200/second",
         description="inbound messages per WebSocket connection; over: close 4429 flood",
     )
+    rate_limit_tarpit_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description="an HTTP request over a rate waits this long (at most its Retry-After) "
+        "before its 429, so a client that ignores Retry-After slows itself, not others",
+    )
     max_connections_per_ip: int = Field(
         default=1000, ge=0, description="open WebSockets per client IP and process; 0: unlimited"
     )

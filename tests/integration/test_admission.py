@@ -17,8 +17,9 @@ import httpx
 import pytest
 import websockets
 
+from streams.acl import Role
 from tests.gqlws import LEGACY_WS, TRANSPORT_WS, Closed, GraphQLWS, connect
-from tests.server import ServerProcess, base_env, token
+from tests.server import TOKENS, ServerProcess, base_env, token
 
 MARK_READ = "mutation { markRead(ids: []) }"  # a mutation any user may run, cheap
 PUBLISH = (
@@ -42,6 +43,7 @@ LOW = {
     "max_subscriptions_per_connection": "3",
     "max_body_bytes": "4096",
     "connection_init_timeout_seconds": "1",
+    "rate_limit_tarpit_seconds": "0.3",
 }
 # Each server has its own counters; tests on one server use users of their own.
 SERVERS = {
@@ -553,3 +555,20 @@ async def test_websocket_messages_are_bounded_like_bodies(fast: ServerProcess) -
             await ws.recv()
         assert closed.value.code == 1009, closed.value
     assert post(fast, "{ me { id } }", user="nw-ada").status_code == 200
+
+
+def test_a_429_is_tarpitted_so_a_flood_slows_only_itself(fast: ServerProcess) -> None:
+    """Over its rate, a request waits EDUMATRIX_RATE_LIMIT_TARPIT_SECONDS (0.3 here)
+    before its 429: a keep-alive flood gets one answer per period per connection
+    instead of thousands a second (bench/flood.py measures the victim's latency)."""
+    own = "Bearer " + TOKENS.mint(sub="rv-tarpit", role=Role.STUDENT, institution="riverside")
+    for _ in range(3):
+        assert post(fast, MARK_READ, authorization=own).status_code == 200
+    started = time.monotonic()
+    over = post(fast, MARK_READ, authorization=own)
+    waited = time.monotonic() - started
+    assert over.status_code == 429 and waited >= 0.25, waited
+    other = "Bearer " + TOKENS.mint(sub="rv-other", role=Role.STUDENT, institution="riverside")
+    started = time.monotonic()
+    assert post(fast, MARK_READ, authorization=other).status_code == 200
+    assert time.monotonic() - started < waited  # others are not held
