@@ -164,7 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
-    parser.add_argument("--rate", type=float, default=10.0, help="victim publishes/s (< the user rate limit)")
+    parser.add_argument(
+        "--rate", type=float, default=10.0, help="victim publishes/s (under the user rate limit)"
+    )
     parser.add_argument("--flood-connections", type=int, default=8)
     parser.add_argument("--flooder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
