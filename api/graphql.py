@@ -15,6 +15,7 @@ timeout of legacy ``graphql-ws`` (Strawberry has one for graphql-transport-ws on
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -336,8 +337,10 @@ class GraphQLView(GraphQL[Context, None]):
             # Tarpit: a keep-alive connection that floods over its rate gets one
             # answer per tarpit period, so refusing it stops costing the server CPU
             # (without it, 8 connections drew ~8,000 429s a second; bench/flood.py).
+            # Jittered, so many throttled connections do not come back in step.
             if exc.retry_after:
-                await asyncio.sleep(min(self.tarpit_seconds, exc.retry_after))
+                delay = min(self.tarpit_seconds, exc.retry_after)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             await _too_many_requests(exc)(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)
