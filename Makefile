@@ -82,8 +82,9 @@ typecheck: dev
 # (api/accel), so the suite proves both ways give the same answers. It leaves out
 # the modules no fast path is on the way of: the Kafka pipeline, migrations, the
 # group commit, the bench tools and the CLI's startup checks.
-STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_apply_batch \
-	test_migrations test_group_commit test_publish_cost test_exposure
+STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
+	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
+	test_publish_cost test_exposure
 pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest tests/integration \

@@ -40,6 +40,7 @@ from schema.build import build_schema, limit_rules
 from schema.context import Services
 from streams.bus import Bus
 from streams.event_setup import build_event_log
+from streams.lag_setup import build_lag_monitor
 from streams.presence import Presence
 from streams.presence_memory import MemoryPresence
 from streams.presence_redis import RedisPresence
@@ -182,6 +183,11 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         sessions = make_sessionmaker(engine)
         events = build_event_log(settings, sessions, bus, metrics.registry)
         await events.start()
+        # The group's lag, read from the broker and Postgres, and its alert rules: a
+        # stalled pipeline cannot alert by itself. None in embedded mode (lag 0).
+        lag = build_lag_monitor(settings, sessions, metrics.registry, alerting=True, bus=bus)
+        if lag is not None:
+            await lag.start()
         presence = build_presence(settings)
         await presence.start()
         announcements = AnnouncementWriter(engine)
@@ -204,6 +210,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             presence=presence,
             audit=audit,
             trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
+            lag=lag,
         )
         # Everything built so far (schema, SQLAlchemy metadata, imported modules)
         # lives as long as the process; the cyclic GC's full collections walked all
@@ -225,6 +232,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
                 ("admission", admission.close, 5.0),  # its Redis pool, if any
                 ("database", engine.dispose, 5.0),
             ]
+            if lag is not None:
+                steps.insert(0, ("lag", lag.close, 5.0))  # before the bus and database
             for step, close, limit_s in steps:
                 await _bounded_close(step, close, limit_s)
             log.info("server.stopped")
@@ -247,6 +256,9 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         except Exception as exc:
             checks["bus"] = f"error: {exc}"
         ready = all(v == "ok" for v in checks.values())
+        # Reported, never deciding: no request waits for the event log, so a broker
+        # outage must not take this node out of the load balancer ("degraded: ...").
+        checks["events"] = services.events.health()
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "mode": settings.mode.value, **checks},
             status_code=200 if ready else 503,

@@ -14,6 +14,7 @@ from db.engine import create_engine, make_sessionmaker
 from db.migrate import require_current
 from streams.bus import Bus
 from streams.event_setup import build_consumer
+from streams.lag_setup import build_lag_monitor
 
 log = structlog.get_logger(__name__)
 
@@ -34,11 +35,21 @@ async def consume(settings: Settings, *, metrics_port: int | None) -> None:
             await bus.connect()
         else:
             log.warning("consume.no_bus", hint="alerts need EDUMATRIX_REDIS_URL to reach servers")
-        consumer = build_consumer(settings, make_sessionmaker(engine), bus, registry)
+        sessions = make_sessionmaker(engine)
+        consumer = build_consumer(settings, sessions, bus, registry)
+        # The group's lag into this process's gauge from its first second, before it
+        # has joined the group or fetched anything (alerts are the servers' job).
+        lag = build_lag_monitor(settings, sessions, registry, alerting=False)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.stop)
-        await consumer.run()
+        if lag is not None:
+            await lag.start()
+        try:
+            await consumer.run()
+        finally:
+            if lag is not None:
+                await lag.close()
         log.info("consume.stopped")
     finally:
         if bus is not None:

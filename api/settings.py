@@ -62,15 +62,89 @@ class Settings(BaseSettings):
     kafka_topic_dead_letter: str = Field(default="events-dead-letter", pattern=_TOPIC)
     kafka_topic_partitions: int = Field(default=6, ge=1, le=1000)
     kafka_group_id: str = Field(default="edumatrix-analytics", pattern=_TOPIC)
-    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_session_timeout_ms: int = Field(
+        default=4_000,
+        ge=1000,
+        description="consumer group session: a consumer silent (or stopped, see "
+        "kafka_leave_group) this long is dropped and its partitions reassigned; tansu also "
+        "holds every JoinGroup for half of it, so it bounds start-up, restart and takeover "
+        "(streams/kafka_group.py; was 10,000)",
+    )
+    kafka_leave_group: bool = Field(
+        default=False,
+        description="send LeaveGroup when a consumer stops, so its partitions move at once "
+        "(Apache Kafka, Redpanda). Off for tansu 0.6, which can strand a group whose leader "
+        "leaves while it rebalances; stopped members then expire after the session timeout",
+    )
     kafka_rebalance_timeout_ms: int = Field(default=30_000, ge=1000)
     consumer_batch_size: int = Field(default=1000, ge=1, le=100_000)
-    event_buffer_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    dead_letter_value_bytes: int = Field(
+        default=4096,
+        ge=0,
+        le=65_536,
+        description="bytes of a bad record's value copied into its dead letter (its full "
+        "size and SHA-256 are always recorded); 16384 keeps any event-sized record whole",
+    )
+    dead_letter_deadline_seconds: float = Field(
+        default=15.0,
+        ge=0.1,
+        le=50.0,
+        description="how long a batch's dead letters are retried before they are parked "
+        "(counted and logged; the batch is committed); under the 60 s poll interval",
+    )
+    event_buffer_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="accepted events a server holds until the broker confirms them; "
+        "over: dropped and counted (edumatrix_events_dropped_total)",
+    )
+    kafka_request_timeout_ms: int = Field(
+        default=40_000,
+        ge=500,
+        le=600_000,
+        description="the server's event producer and topic creation: a request unanswered "
+        "by then fails and its events are sent again (a hung broker may write both copies)",
+    )
+    kafka_retry_backoff_ms: int = Field(
+        default=200,
+        ge=10,
+        le=60_000,
+        description="first wait before the server's producer reconnects or re-sends, and "
+        "before `edumatrix consume` reconnects; doubles per failure, jittered (50-100%)",
+    )
+    kafka_retry_backoff_max_ms: int = Field(
+        default=5_000,
+        ge=10,
+        le=600_000,
+        description="longest wait between those attempts; they go on forever",
+    )
     alert_errors_per_minute: int = Field(
         default=50, ge=1, description="errors/min in one institution that raise an alert"
     )
     alert_failed_logins_per_minute: int = Field(
         default=5, ge=1, description="failed logins/min of one user that raise an alert"
+    )
+    # Consumer lag (streams/kafka_lag.py) and its alert rules (streams/lag_alerts.py).
+    consumer_lag_interval_seconds: float = Field(
+        default=2.0,
+        ge=0.1,
+        le=300.0,
+        description="how often servers and consumers read the group's lag (broker end "
+        "offsets minus the offsets stored in Postgres) into edumatrix_consumer_lag",
+    )
+    alert_consumer_lag: int = Field(
+        default=10_000,
+        ge=1,
+        description="events waiting for the consumer group (all partitions) that raise "
+        "the consumer_lag alert on system:status",
+    )
+    alert_consumer_stall_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="seconds a partition may wait with lag > 0 and no applied offset "
+        "moving before the consumer_stall alert on system:status",
     )
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"

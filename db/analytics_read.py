@@ -148,3 +148,15 @@ async def consumer_offsets(sessions: Sessions) -> list[ConsumerOffset]:
             )
         )
         return list(rows)
+
+
+async def group_offsets(sessions: Sessions, group: str) -> list[ConsumerOffset]:
+    """The offsets ``group`` stored with its aggregates: what was applied, exactly
+    (the consumer lag's lower side, ``streams/kafka_lag.py``)."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(ConsumerOffset)
+            .where(ConsumerOffset.group_id == group)
+            .order_by(ConsumerOffset.topic, ConsumerOffset.partition)
+        )
+        return list(rows)

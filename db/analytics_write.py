@@ -311,3 +311,24 @@ async def _raise_alerts(
         if getattr(done, "rowcount", 0) == 1:
             raised.append(alert)
     return raised
+
+
+async def record_alert(sessions: Sessions, alert: Alert, detail: dict[str, Any]) -> bool:
+    """Record ``alert`` in ``alerts_fired`` unless it is there already: True if this
+    call recorded it (so raise it), False if another process or round did. For
+    rules checked outside a batch (the consumer lag rules of ``streams/lag_alerts.py``,
+    run by every server process)."""
+    async with sessions() as session, session.begin():
+        conn = await session.connection()
+        done = await conn.execute(
+            _statements(conn.dialect.name).record_alert,
+            {
+                "institution_id": alert.institution_id,
+                "rule": alert.rule,
+                "subject": alert.subject,
+                "bucket": alert.bucket,
+                "value": alert.value,
+                "detail": {"threshold": alert.threshold, **detail},
+            },
+        )
+        return getattr(done, "rowcount", 0) == 1

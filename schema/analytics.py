@@ -59,13 +59,23 @@ class PartitionHealth:
     group: str
     topic: str
     partition: int
-    next_offset: Long
-    high_watermark: Long | None
-    lag: Long | None
+    next_offset: Long = strawberry.field(
+        description="Next offset to apply, stored with the aggregates (what was applied)."
+    )
+    high_watermark: Long | None = strawberry.field(
+        description="The broker's end offset, read now; null if the broker could not be "
+        "read. In embedded mode, nextOffset."
+    )
+    lag: Long | None = strawberry.field(
+        description="highWatermark minus nextOffset (from the log start if nothing was "
+        "applied), read now; null if unknown. 0 by construction in embedded mode."
+    )
     latency_ms: float | None = strawberry.field(
         description="Oldest event of the last batch: occurredAt to its aggregate written."
     )
-    updated_at: datetime
+    updated_at: datetime | None = strawberry.field(
+        description="When a batch last advanced this partition; null: never."
+    )
 
 
 @strawberry.type
@@ -73,7 +83,18 @@ class SystemStatus:
     event_log: str
     events_emitted: Long
     events_dropped: Long
-    consumers: list[PartitionHealth]
+    consumers: list[PartitionHealth] = strawberry.field(
+        description="Every partition of the consumer group's topics (embedded mode: the "
+        "in-process log's one)."
+    )
+    lag_total: Long | None = strawberry.field(
+        description="Events produced and not yet aggregated, all partitions; null if the "
+        "broker or the database could not be read (see lagError)."
+    )
+    lag_read_at: datetime | None = strawberry.field(
+        description="When the lag was read (at most a second before the query)."
+    )
+    lag_error: str | None = strawberry.field(description="Why the lag is unknown, if it is.")
 
 
 @strawberry.input

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from api.multiplex import Multiplexer
     from db.audit_trail import AuditTrail
     from db.group_commit import AnnouncementWriter
+    from streams.kafka_lag import LagMonitor
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Services:
     presence: Presence
     audit: AuditTrail
     trusted_proxies: TrustedProxies = TrustedProxies()
+    # The consumer group's lag (cluster mode with Kafka); None in embedded mode.
+    lag: LagMonitor | None = None
 
 
 @dataclass

@@ -55,6 +55,9 @@ def build_event_log(
             partitions=settings.kafka_topic_partitions,
             buffer_size=settings.event_buffer_size,
             registry=registry,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+            retry_backoff=settings.kafka_retry_backoff_ms / 1000,
+            retry_backoff_max=settings.kafka_retry_backoff_max_ms / 1000,
         )
     from streams.memory_events import MemoryEventLog
 
@@ -77,4 +80,9 @@ def build_consumer(
         batch_size=settings.consumer_batch_size,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+        dead_letter_value_bytes=settings.dead_letter_value_bytes,
+        dead_letter_deadline=settings.dead_letter_deadline_seconds,
+        retry_backoff=settings.kafka_retry_backoff_ms / 1000,
+        retry_backoff_max=settings.kafka_retry_backoff_max_ms / 1000,
+        leave_group=settings.kafka_leave_group,
     )

@@ -9,12 +9,13 @@ there. Kafka offsets are committed after the database commit, for tooling only.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Coroutine, Iterable
+from functools import partial
+from typing import Any
 
 import structlog
 from aiokafka import (
-    AIOKafkaConsumer,
     AIOKafkaProducer,
     ConsumerRebalanceListener,
     ConsumerRecord,
@@ -25,7 +26,11 @@ from sqlalchemy import select
 
 from db.analytics_models import ConsumerOffset
 from streams.aggregator import Aggregator, RawRecord
+from streams.backoff import Backoff
+from streams.broker_retry import describe, is_transient
+from streams.dead_letter import DEFAULT_VALUE_BYTES, KafkaDeadLetters
 from streams.events import Topics
+from streams.kafka_group import GroupConsumer
 from streams.kafka_log import ensure_topics
 
 log = structlog.get_logger(__name__)
@@ -57,6 +62,11 @@ class AnalyticsConsumer:
         batch_size: int,
         session_timeout_ms: int,
         rebalance_timeout_ms: int,
+        dead_letter_value_bytes: int = DEFAULT_VALUE_BYTES,
+        dead_letter_deadline: float = 15.0,
+        retry_backoff: float = 0.2,
+        retry_backoff_max: float = 5.0,
+        leave_group: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -64,7 +74,12 @@ class AnalyticsConsumer:
         self.partitions = partitions
         self.batch_size = batch_size
         self._stop = asyncio.Event()
-        self._consumer = AIOKafkaConsumer(
+        self._backoff = Backoff(retry_backoff, retry_backoff_max)
+        self._consuming = False  # joined and in _loop: stop() lets the batch finish
+        # A consumer that was started cannot start again: one per connection attempt.
+        self._make_consumer = partial(
+            GroupConsumer,  # leaves the group on close, or not (tansu): kafka_group.py
+            leave_group=leave_group,
             bootstrap_servers=bootstrap,
             group_id=aggregator.group,
             client_id="edumatrix-consume",
@@ -79,8 +94,26 @@ class AnalyticsConsumer:
             # p99 event -> aggregate at ~490 ms (bench/EVENTS.md). 50 ms: p99 ~50 ms.
             fetch_max_wait_ms=50,
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        aggregator.dead_letter = self.dead_letter
+        self._consumer = self._make_consumer()
+        self._consumer_spent = False  # started (or tried to): the next attempt needs a new one
+        self._producer_started = False
+        # Dead letters only. They are bounded (streams/dead_letter.py), so the default
+        # 1 MB max_request_size always fits; request_timeout_ms bounds one attempt.
+        # aiokafka's 16 KB batches held one or two letters each, one round trip per
+        # batch: 512 KB batches carry a whole consumer batch of letters in a few.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            request_timeout_ms=max(1000, int(dead_letter_deadline * 1000)),
+        )
+        aggregator.dead_letter = KafkaDeadLetters(
+            self._producer,
+            topics.dead_letter,
+            max_value_bytes=dead_letter_value_bytes,
+            deadline=dead_letter_deadline,
+        )
 
     def stop(self) -> None:
         """Finish the current batch, then leave the group (SIGTERM handler)."""
@@ -106,36 +139,75 @@ class AnalyticsConsumer:
             "consumer.assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
         )
 
-    async def dead_letter(self, record: RawRecord, reason: str) -> None:
-        headers = [
-            ("reason", reason.encode()[:1000]),
-            ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
-        body = {
-            "reason": reason,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "value": (record.value or b"").decode("utf-8", "replace"),
-        }
-        await self._producer.send_and_wait(
-            self.topics.dead_letter, json.dumps(body).encode(), headers=headers
-        )
-
     async def run(self) -> None:
+        """Consume until :meth:`stop`, however long the broker is away.
+
+        A broker unreachable at start, or lost later (an error escaping the loop),
+        is retried forever with capped, jittered backoff, each time with a new
+        consumer that seeks to the offsets in the database again. Errors no retry
+        can fix end the run (the process exits non-zero for its supervisor).
+        """
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._unless_stopped_while_connecting(self._attempt())
+                except Exception as exc:
+                    if not is_transient(exc) or self._stop.is_set():
+                        raise
+                    delay = self._backoff.next()
+                    log.warning(
+                        "consumer.broker_unavailable",
+                        error=describe(exc),
+                        attempt=self._backoff.attempt,
+                        retry_in=round(delay, 3),
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            if not self._consumer_spent:
+                await self._consumer.stop()  # never started; stop() keeps aiokafka quiet
+            await self._producer.stop()
+
+    async def _attempt(self) -> None:
+        """One connection: topics, the dead-letter producer (started once, it
+        reconnects by itself), a fresh consumer, then the loop."""
         await ensure_topics(
             self.bootstrap, [*self.topics.sources, self.topics.dead_letter], self.partitions
         )
-        await self._producer.start()
+        if not self._producer_started:
+            await self._producer.start()
+            self._producer_started = True
+        if self._consumer_spent:
+            self._consumer = self._make_consumer()
+        consumer, self._consumer_spent = self._consumer, True
         try:
-            self._consumer.subscribe(self.topics.sources, listener=_SeekToStored(self))
-            await self._consumer.start()
-            try:
-                await self._loop()
-            finally:
-                await self._consumer.stop()
+            consumer.subscribe(self.topics.sources, listener=_SeekToStored(self))
+            await consumer.start()
+            if self._backoff.attempt:
+                log.info("consumer.broker_available", attempts=self._backoff.attempt)
+            self._backoff.reset()
+            self._consuming = True
+            await self._loop()
         finally:
-            await self._producer.stop()
+            self._consuming = False
+            await consumer.stop()
+
+    async def _unless_stopped_while_connecting(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``; a stop() while it still connects cancels it (connecting to a
+        hung broker takes a request timeout, and there is no batch to finish)."""
+        task = asyncio.create_task(work)
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not self._consuming:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            await task  # consuming: the loop sees the stop after its batch
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
 
     async def _loop(self) -> None:
         log.info("consumer.started", group=self.aggregator.group, topics=self.topics.sources)

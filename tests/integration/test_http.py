@@ -168,7 +168,13 @@ def test_operational_endpoints(embedded_server: ServerProcess) -> None:
     base = embedded_server.url
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/readyz").json()
-    assert ready == {"status": "ready", "mode": "embedded", "database": "ok", "bus": "ok"}
+    assert ready == {
+        "status": "ready",
+        "mode": "embedded",
+        "database": "ok",
+        "bus": "ok",
+        "events": "ok",
+    }
     metrics = httpx.get(f"{base}/metrics").text
     assert "edumatrix_messages_published_total" in metrics
     assert "edumatrix_websocket_connections" in metrics
