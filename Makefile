@@ -6,10 +6,10 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-# Every install comes from a lock file with hashes (requirements/*.lock); `make lock`
+# Every install comes from a lock file with hashes (requirements*.lock); `make lock`
 # refreshes them from pyproject.toml's ranges. The project itself is installed
 # editable without dependencies, so nothing unlocked slips in.
-LOCKS := requirements/runtime.lock requirements/dev.lock requirements/bench.lock
+LOCKS := requirements.lock requirements-dev.lock requirements-bench.lock
 UV    := uv==0.13.9
 
 .PHONY: run test test-latest pytest lint typecheck install dev bench lock clean
@@ -19,18 +19,18 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 # Reinstall only when a lock file or pyproject.toml changes.
-$(VENV)/.installed: requirements/runtime.lock pyproject.toml | $(BIN)/python
-	$(PIP) install --require-hashes --no-deps -r requirements/runtime.lock
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements.lock
 	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: requirements/dev.lock pyproject.toml | $(BIN)/python
-	$(PIP) install --require-hashes --no-deps -r requirements/dev.lock
+$(VENV)/.installed-dev: requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements-dev.lock
 	$(PIP) install --no-deps -e .
 	touch $(VENV)/.installed $@
 
-$(VENV)/.installed-bench: requirements/bench.lock pyproject.toml | $(BIN)/python
-	$(PIP) install --require-hashes --no-deps -r requirements/bench.lock
+$(VENV)/.installed-bench: requirements-bench.lock pyproject.toml | $(BIN)/python
+	$(PIP) install --require-hashes --no-deps -r requirements-bench.lock
 	$(PIP) install --no-deps -e .
 	touch $(VENV)/.installed $(VENV)/.installed-dev $@
 
@@ -42,12 +42,12 @@ dev: $(VENV)/.installed-dev
 lock: | $(BIN)/python
 	$(PIP) install '$(UV)'
 	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
-	    --python-version 3.11 --no-header --quiet -o requirements/runtime.lock
+	    --python-version 3.11 --no-header --quiet -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
-	    --python-version 3.11 --no-header --quiet --extra dev -o requirements/dev.lock
+	    --python-version 3.11 --no-header --quiet --extra dev -o requirements-dev.lock
 	$(BIN)/uv pip compile pyproject.toml --upgrade --generate-hashes --universal \
 	    --python-version 3.11 --no-header --quiet --extra dev --extra bench \
-	    -o requirements/bench.lock
+	    -o requirements-bench.lock
 
 # The benchmark's Node subscriber client (graphql-ws), reinstalled only when the
 # lock file changes. Without npm, or if npm ci fails, bench/fanout.py falls back
