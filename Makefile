@@ -80,11 +80,12 @@ typecheck: dev
 # throwaway ones from the installed binaries, and says what is missing. The second
 # pass runs every server the integration tests start with all fast paths off
 # (api/accel), so the suite proves both ways give the same answers. It leaves out
-# the modules no fast path is on the way of: the Kafka pipeline, migrations, the
-# group commit, the bench tools and the CLI's startup checks.
+# the modules no fast path is on the way of: the Kafka pipeline and its alerts,
+# migrations, the group commit, the bench tools, the CLI's startup checks, TLS
+# and token checks (decided before any operation runs) and log formatting.
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
-	test_publish_cost test_exposure
+	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging
 pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest tests/integration \
