@@ -20,7 +20,13 @@ UNSAFE_TEXT = "strings must not contain NUL characters or unpaired UTF-16 surrog
 _SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def suspect(raw: bytes) -> bool:
+_SUSPECT_TEXT = re.compile(_SUSPECT.pattern.decode())
+
+
+def suspect(raw: bytes | str) -> bool:
+    """Cheap pre-check: only a body holding ``\\u0000`` or a surrogate escape needs the walk."""
+    if isinstance(raw, str):
+        return _SUSPECT_TEXT.search(raw) is not None
     return _SUSPECT.search(raw) is not None
 
 

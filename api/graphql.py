@@ -60,7 +60,7 @@ from api.auditing import (
 from api.auth import AuthError
 from api.clientinfo import request_id
 from api.connections import FORBIDDEN, GOING_AWAY
-from api.encoding import COMPACT_JSON, UNSAFE_TEXT, unsafe_text
+from api.encoding import COMPACT_JSON, UNSAFE_TEXT, suspect, unsafe_text
 from api.metrics import Metrics
 from api.plan import Planner
 from resolvers.emit import emit
@@ -389,7 +389,7 @@ class GraphQLView(GraphQL[Context, None]):
         value = super().parse_json(data)
         if not isinstance(value, dict | list):  # Strawberry answered null or 42 with a 500
             raise HTTPException(400, "the request JSON must be an object")
-        if unsafe_text(value):
+        if suspect(data) and unsafe_text(value):
             raise HTTPException(400, UNSAFE_TEXT)
         return value
 

@@ -152,7 +152,8 @@ def test_a_stopped_pipeline_shows_its_backlog_exactly_then_drains(
     assert sorted((p["topic"], p["partition"]) for p in parts) == sorted(
         (topic, i) for topic in t.sources for i in range(PARTITIONS)
     )
-    assert seen["lagTotal"] == sum(p["lag"] for p in parts) > len(events)  # + our logins
+    # The server's own auth.login events may or may not have reached the broker yet.
+    assert seen["lagTotal"] == sum(p["lag"] for p in parts) >= len(events)
     for p in parts:
         assert p["group"] == f"{prefix}-group"
         assert (p["nextOffset"], p["updatedAt"]) == (0, None)
