@@ -12,7 +12,7 @@ from typing import Any
 
 import strawberry
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,6 +30,7 @@ from api.graphql import GraphQLView, multiplexed_handler_class
 from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
+from api.outbox import OutboxRelay
 from api.plan import PlanDirect, Planner
 from api.settings import Mode, Settings
 from db.audit_trail import AuditTrail
@@ -38,7 +39,7 @@ from db.group_commit import AnnouncementWriter
 from db.migrate import require_current
 from schema.build import build_schema, limit_rules
 from schema.context import Services
-from streams.bus import Bus
+from streams.bus import Bus, Pacing
 from streams.event_setup import build_event_log
 from streams.lag_setup import build_lag_monitor
 from streams.presence import Presence
@@ -48,7 +49,15 @@ from streams.presence_redis import RedisPresence
 log = structlog.get_logger(__name__)
 
 
-def build_bus(settings: Settings) -> Bus:
+def build_bus(settings: Settings, registry: CollectorRegistry | None = None) -> Bus:
+    pacing = Pacing(
+        replay_concurrency=settings.replay_concurrency,
+        replay_queue_size=settings.replay_queue_size,
+        replay_wait_seconds=settings.replay_wait_seconds,
+        redis_pool_size=settings.redis_pool_size,
+        redis_pool_timeout_seconds=settings.redis_pool_timeout_seconds,
+        reconnect_max_seconds=settings.bus_reconnect_max_seconds,
+    )
     if settings.redis_url:
         return Bus.redis(
             settings.redis_url,
@@ -56,11 +65,15 @@ def build_bus(settings: Settings) -> Bus:
             history_size=settings.history_size,
             history_ttl=settings.history_ttl_seconds,
             queue_size=settings.subscriber_queue_size,
+            pacing=pacing,
+            registry=registry,
         )
     return Bus.memory(
         history_size=settings.history_size,
         history_ttl=settings.history_ttl_seconds,
         queue_size=settings.subscriber_queue_size,
+        pacing=pacing,
+        registry=registry,
     )
 
 
@@ -175,7 +188,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             )
         engine = create_engine(settings.resolved_database_url, pool_size=settings.db_pool_size)
         await require_current(engine)
-        bus = build_bus(settings)
+        bus = build_bus(settings, metrics.registry)
         await bus.connect()
         connections = Connections()
         app.state.connections = connections
@@ -192,6 +205,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         await presence.start()
         announcements = AnnouncementWriter(engine)
         audit = AuditTrail(sessions, per_minute=settings.audit_failed_auth_per_minute)
+        outbox = OutboxRelay(engine, bus, metrics.registry)
+        await outbox.start()  # first, what a crash or a Redis outage left behind
         services = Services(
             sessions=sessions,
             announcements=announcements,
@@ -209,6 +224,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             ),
             presence=presence,
             audit=audit,
+            outbox=outbox,
             trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
             lag=lag,
         )
@@ -227,6 +243,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
                 ("presence", presence.close, 5.0),  # members of this process leave now
                 ("events", events.close, 10.0),  # flush buffered events first
                 ("announcements", announcements.close, 5.0),
+                ("outbox", outbox.close, 5.0),  # delete what went out; the rest waits
                 ("audit", audit.close, 5.0),  # queued rows and open failed-auth counts
                 ("bus", bus.close, 5.0),
                 ("admission", admission.close, 5.0),  # its Redis pool, if any

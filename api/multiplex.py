@@ -35,10 +35,11 @@ from api.metrics import Metrics
 from api.plan import Plan
 from schema.announcements import ChannelEvent
 from schema.context import Context
-from schema.errors import ApiError, masked
+from schema.errors import ApiError, ShuttingDown, Unavailable, masked
 from streams.bus import Bus
 from streams.envelope import Envelope, Position
-from streams.hub import HubClosed, Item, Reset
+from streams.hub import ChannelUnavailable, HubClosed, Item, Reset
+from streams.replay import ReplayUnavailable
 
 if TYPE_CHECKING:  # imported only when the rawsocket fast path is on (api/accel)
     from api.rawsocket import RawSocket
@@ -295,9 +296,16 @@ class Member:
     prefix: bytes  # b'{"id":<op>,"type":"next","payload":'
     pending: list[tuple[Item, Frames]] | None = None  # live messages held during replay
     replay: asyncio.Task[None] | None = None
-    # Last position replayed. A message already in flight to this process when the
-    # group's bus subscription was renewed can still arrive live; skip it once.
+    # Last position replayed. Live items at or below it in its epoch (a message in
+    # flight while the replay read history, a reset of the group's that the replay
+    # already went past) are skipped: a member's positions only move forward. Once a
+    # live message passes, the member is in step with its group, whose positions are
+    # monotonic too (``streams.hub``), and the check is off.
     floor: Position | None = None
+    # Called when the multiplexer ends the member itself (its replay failed, its
+    # group's feed ended), so the connection forgets the operation and the client
+    # may subscribe again with the same id.
+    on_end: Callable[[], None] | None = None
 
     def send(self, frames: Frames) -> None:
         self.outbox.push(frames.for_prefix(self.prefix))
@@ -308,10 +316,14 @@ class Member:
     def offer(self, item: Item, frames: Frames) -> bool:
         """Send a live item unless the replay already covered it."""
         floor = self.floor
-        if floor is not None and isinstance(item, Envelope):
-            if item.epoch == floor.epoch and item.offset <= floor.offset:
+        if floor is not None:
+            position = item.position
+            if position.epoch == floor.epoch and position.offset <= floor.offset:
                 return False
-            self.floor = None
+            if isinstance(item, Envelope):
+                self.floor = None
+            else:
+                self.floor = position
         self.send(frames)
         return True
 
@@ -400,12 +412,12 @@ class Multiplexer:
             if since is not None:
                 member.pending = []
             group.members.add(member)
+            self._metrics.subscriptions.labels(kind="channel").inc()
         await group.ready.wait()
-        if group.failed:  # its pump already sent this member "complete"
+        if group.failed:  # its pump already told this member why and ended it
             return
         if since is not None:
             member.replay = asyncio.create_task(self._replay(group, member, since))
-        self._metrics.subscriptions.labels(kind="channel").inc()
 
     async def leave(self, key: tuple[Any, ...], member: Member) -> None:
         if member.replay is not None:
@@ -432,20 +444,31 @@ class Multiplexer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # End this group visibly: members get "complete" (clients resubscribe with
-            # since), joiners waiting for it are released, and the next subscriber
-            # starts a fresh group instead of joining a dead one.
+            # End this group visibly: members get an error saying why, then
+            # "complete" (clients resubscribe with since), joiners waiting for it are
+            # released, and the next subscriber starts a fresh group instead of
+            # joining a dead one.
+            error: ApiError
             if isinstance(exc, HubClosed):
                 log.info("mux.pump_stopped", channel=plan.channel)
+                error = ShuttingDown(str(exc))
+            elif isinstance(exc, ChannelUnavailable):
+                log.warning("mux.pump_unavailable", channel=plan.channel)
+                error = Unavailable(str(exc), retry_after=exc.retry_after)
             else:
                 log.exception("mux.pump_failed", channel=plan.channel)
+                error = Unavailable("channel feed failed; resume with since", retry_after=1)
             if self._groups.get(group.key) is group:
                 del self._groups[group.key]
                 self._metrics.mux_groups.set(len(self._groups))
             group.failed = True
             group.ready.set()
             for member in list(group.members):
-                member.outbox.push(complete_frame(member.op_id))
+                if member.replay is not None:
+                    member.replay.cancel()
+                self._tell_ended(member, error)
+            self._metrics.subscriptions.labels(kind="channel").dec(len(group.members))
+            group.members.clear()
 
     def _overflow(self, group: Group) -> None:
         # The group itself fell behind (the process is saturated): cut every member.
@@ -487,24 +510,39 @@ class Multiplexer:
             await self._replay_then_go_live(group, member, since)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # Without its replay the member would wait forever: end it visibly instead.
-            log.exception("mux.replay_failed", channel=group.plan.channel)
-            member.outbox.push(complete_frame(member.op_id))
+        except Exception as exc:
+            # Without its replay the member would wait forever, and its held live
+            # messages would grow until the whole connection was cut as slow: end
+            # it visibly, with a code and a retry hint, and free what it holds.
+            if isinstance(exc, ReplayUnavailable):
+                log.warning("mux.replay_refused", channel=group.plan.channel, error=str(exc))
+                error = Unavailable(str(exc), retry_after=exc.retry_after)
+            else:
+                log.exception("mux.replay_failed", channel=group.plan.channel)
+                error = Unavailable("replay failed; resubscribe with since", retry_after=1)
+            member.replay = None  # leave() must not cancel this task, it is ending
+            member.pending = None
+            await self.leave(group.key, member)
+            self._tell_ended(member, error)
+
+    def _tell_ended(self, member: Member, error: ApiError) -> None:
+        for frame in error_frames(member.op_id, error):
+            member.outbox.push(text_frame(frame.encode()))
+        if member.on_end is not None:
+            member.on_end()
 
     async def _replay_then_go_live(self, group: Group, member: Member, since: Position) -> None:
         plan = group.plan
+        found = await self._bus.replays.recover(plan.channel, since)
         last: Position = since
-        missed = await self._bus.read_since(plan.channel, since)
-        if missed is None:
-            last = await self._bus.position(plan.channel)
+        if found.reset is not None:
+            last = found.reset
             reset = ChannelEvent.reset(plan.channel, last)
             await member.send_paced(self.encode(plan, group.context, reset))
-        else:
-            for envelope in missed:
-                event = ChannelEvent.from_envelope(envelope)
-                await member.send_paced(self.encode(plan, group.context, event))
-                last = envelope.position
+        for envelope in found.envelopes:
+            event = ChannelEvent.from_envelope(envelope)
+            await member.send_paced(self.encode(plan, group.context, event))
+            last = envelope.position
         member.floor = last
         pending, member.pending = member.pending or [], None
         for item, frames in pending:
@@ -518,10 +556,6 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
             await task
         except asyncio.CancelledError:
             pass
-
-
-def complete_frame(op_id: str) -> bytes:
-    return text_frame(_complete(op_id).encode())
 
 
 def _complete(op_id: str) -> str:

@@ -95,7 +95,8 @@ class MultiplexedSubscribe:
             services.metrics.mux_connections.labels(write=self._outbox.write_path).inc()
         prefix = ('{"id":' + json.dumps(op_id) + ',"type":"next","payload":').encode()
         member = Member(op_id, self._outbox, prefix)
-        self.operations[op_id] = _Op(plan.group_key(self.context), channel.name, member)
+        op = self.operations[op_id] = _Op(plan.group_key(self.context), channel.name, member)
+        member.on_end = lambda: self._ended(op_id, op)
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
         await services.mux.join(plan, self.context, member, since)
         emit(
@@ -119,11 +120,20 @@ class MultiplexedSubscribe:
         del self.operations[op_id]
         await self._leave(op)
 
+    def _ended(self, op_id: str, op: _Op) -> None:
+        """The multiplexer ended ``op`` (and told the client why): forget it here, so
+        the id may be used again and it stops counting against the limit."""
+        if self.operations.get(op_id) is op:
+            del self.operations[op_id]
+            self._stopped(op)
+
     async def _leave(self, op: _Op) -> None:
-        services = self.context.services
-        await services.mux.leave(op.key, op.member)
+        await self.context.services.mux.leave(op.key, op.member)
+        self._stopped(op)
+
+    def _stopped(self, op: _Op) -> None:
         emit(
-            services,
+            self.context.services,
             self.context.viewer,
             "subscription.stop",
             {"channel": op.channel},

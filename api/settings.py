@@ -184,6 +184,42 @@ class Settings(BaseSettings):
 
     history_size: int = Field(default=100, ge=1, le=100_000)
     history_ttl_seconds: int = Field(default=600, ge=1)
+    redis_pool_size: int = Field(
+        default=50,
+        ge=2,
+        le=10_000,
+        description="Redis connections per process for publishes, history and positions; "
+        "when all are busy a command waits (up to the pool timeout) instead of failing",
+    )
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    replay_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1_000,
+        description="history reads for resuming subscriptions at once per process; "
+        "keep it below the pool size so publishes always find a connection",
+    )
+    replay_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="resuming subscriptions that may wait for a history read; "
+        "beyond it a resume gets UNAVAILABLE with retryAfter",
+    )
+    replay_wait_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="how long a resume may wait and retry (Redis restarting) before "
+        "UNAVAILABLE with retryAfter",
+    )
+    bus_reconnect_max_seconds: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=30,
+        description="cap of the Redis pub/sub reconnect backoff (first retry ~50 ms); "
+        "live delivery resumes at most this long after Redis is back",
+    )
     subscriber_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
     presence_timeout_seconds: float = Field(
         default=15.0,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.alert_models import Alert, AlertRecipient
 from db.engine import Sessions
 from db.models import User, user_classrooms, user_departments, utcnow
+from db.outbox import Deliveries, Queued, queue
 from db.repo import Actor, audit_row
 from streams.channels import Channel, ChannelKind
 
@@ -37,6 +38,7 @@ class Change:
     outcome: Outcome
     alert: Alert | None = None
     at: datetime | None = None
+    queued: Sequence[Queued] = ()  # committed messages about the change, to deliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,10 @@ async def create_alert(
     title: str,
     body: str,
     targets: Sequence[Channel],
-) -> tuple[Alert, int]:
-    """Store the alert, its targeted people and an audit row in one transaction.
+    deliveries: Deliveries[Alert] | None = None,
+) -> tuple[Alert, int, list[Queued]]:
+    """Store the alert, its targeted people, an audit row and the messages that
+    announce it (``deliveries``, the outbox) in one transaction.
 
     No targets means the whole institution.
     """
@@ -109,7 +113,8 @@ async def create_alert(
         session.add(
             audit_row(actor, "raiseAlert", f"institution:{institution}:alerts", "ok", detail)
         )
-    return alert, len(people)
+        queued = await queue(session, deliveries(alert) if deliveries else ())
+    return alert, len(people), queued
 
 
 async def get_alert(sessions: Sessions, alert_id: int, institution: str) -> Alert | None:
@@ -159,9 +164,12 @@ async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change
     return Change(Outcome.OK, alert, now)
 
 
-async def resolve(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
+async def resolve(
+    sessions: Sessions, actor: Actor, alert_id: int, deliveries: Deliveries[Alert] | None = None
+) -> Change:
     """Admins of the institution, or whoever raised it, may resolve an open alert.
-    Refusals (missing, not allowed) are audited in the same transaction."""
+    Refusals (missing, not allowed) are audited in the same transaction, and so are
+    the messages that announce a resolution (``deliveries``, the outbox)."""
     target = f"alert:{alert_id}"
     async with sessions() as session, session.begin():
         alert = await session.get(Alert, alert_id)
@@ -184,7 +192,8 @@ async def resolve(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
             return Change(Outcome.ALREADY, alert)
         session.add(audit_row(actor, "resolveAlert", target, "ok", {"alertId": alert_id}))
         await session.refresh(alert)
-    return Change(Outcome.OK, alert, now)
+        queued = await queue(session, deliveries(alert) if deliveries else ())
+    return Change(Outcome.OK, alert, now, queued)
 
 
 async def roll_call(sessions: Sessions, alert_id: int) -> list[RollCallEntry]:

@@ -6,10 +6,11 @@ expensive thing the server did. Measured with SQLite and 8 concurrent publishers
 the ORM unit of work (flush, identity map, commit bookkeeping) took about 40% of
 the server's CPU, the database itself about 5%. Here each caller queues its row
 and awaits its own result; one writer task takes *everything queued so far* and
-stores it with two ``INSERT``\\ s (announcements with ``RETURNING id``, then
-their audit rows) in one transaction: Core statements on Postgres, on a
-connection the writer keeps while its queue is non-empty (``_store`` says why),
-the same two as SQL text on aiosqlite's connection on SQLite (``_sqlite_write``).
+stores it with three ``INSERT``\\ s (announcements with ``RETURNING id``, their
+audit rows, their outbox messages of ``db/outbox.py``) in one transaction: Core
+statements on Postgres, on a connection the writer keeps while its queue is
+non-empty (``_store`` says why), the same three as SQL text on aiosqlite's
+connection on SQLite (``_sqlite_write``).
 Nothing waits on a timer: a lone publish is written after one turn of the event
 loop, and under load the batch is whatever arrived during the previous write and
 that turn, so cost per publish falls as load rises while latency does not.
@@ -25,7 +26,7 @@ import functools
 import sqlite3
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db.models import Announcement, AuditEntry, utcnow
+from db import outbox
+from db.models import Announcement, AuditEntry, OutboxEntry, utcnow
+from db.outbox import Deliveries, Delivery, Queued
 from db.repo import Actor, audit_values
 
 log = structlog.get_logger(__name__)
@@ -49,6 +52,8 @@ class NewAnnouncement:
     title: str
     body: str
     priority: str
+    # The messages that announce the stored row, committed with it (the outbox).
+    deliveries: Deliveries[StoredAnnouncement] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class StoredAnnouncement:
     body: str
     priority: str
     created_at: datetime
+    queued: tuple[Queued, ...] = ()  # its committed outbox messages, to deliver
 
 
 _Pending = tuple[NewAnnouncement, "asyncio.Future[StoredAnnouncement]"]
@@ -187,26 +193,52 @@ class AnnouncementWriter:
         ]
         if self._engine.dialect.name == "sqlite":
             async with self._engine.connect() as conn:
-                ids = await _sqlite_write(conn, values, rows, now)
+                return await _sqlite_write(conn, values, rows, now)
         elif held is not None:
             async with held.begin():
-                ids = await _core_write(held, values, rows, now)
+                return await _core_write(held, values, rows, now)
         else:
             async with self._engine.begin() as conn:
-                ids = await _core_write(conn, values, rows, now)
-        return [
-            StoredAnnouncement(
-                id=i,
-                channel=r.channel,
-                institution_id=r.institution_id,
-                author_id=r.actor.id or "",
-                title=r.title,
-                body=r.body,
-                priority=r.priority,
-                created_at=now,
-            )
-            for r, i in zip(rows, ids, strict=True)
-        ]
+                return await _core_write(conn, values, rows, now)
+
+
+def _stored(rows: list[NewAnnouncement], ids: list[int], now: datetime) -> list[StoredAnnouncement]:
+    return [
+        StoredAnnouncement(
+            id=i,
+            channel=r.channel,
+            institution_id=r.institution_id,
+            author_id=r.actor.id or "",
+            title=r.title,
+            body=r.body,
+            priority=r.priority,
+            created_at=now,
+        )
+        for r, i in zip(rows, ids, strict=True)
+    ]
+
+
+def _deliveries(
+    rows: list[NewAnnouncement], stored: list[StoredAnnouncement]
+) -> tuple[list[Delivery], list[int]]:
+    """Every row's messages, flat, and how many each row has."""
+    flat: list[Delivery] = []
+    counts = []
+    for new, row in zip(rows, stored, strict=True):
+        found = list(new.deliveries(row)) if new.deliveries is not None else []
+        flat.extend(found)
+        counts.append(len(found))
+    return flat, counts
+
+
+def _with_queued(
+    stored: list[StoredAnnouncement], counts: list[int], queued: list[Queued]
+) -> list[StoredAnnouncement]:
+    out, at = [], 0
+    for row, n in zip(stored, counts, strict=True):
+        out.append(replace(row, queued=tuple(queued[at : at + n])))
+        at += n
+    return out
 
 
 _CHECKED = ("channel", "author_id", "title", "body")
@@ -219,19 +251,23 @@ _INSERT_AUDIT = insert(AuditEntry)
 
 async def _core_write(
     conn: AsyncConnection, values: list[dict[str, Any]], rows: list[NewAnnouncement], now: datetime
-) -> list[int]:
-    """The batch and its audit rows as Core inserts, in the caller's transaction."""
+) -> list[StoredAnnouncement]:
+    """The batch, its audit rows and its outbox messages as Core inserts, in the
+    caller's transaction."""
     # batched by SQLAlchemy's sentinel-ordered "insertmanyvalues"
     ids = list((await conn.execute(_INSERT_RETURNING, values)).scalars())
     audit = [_audit(r, i, now) for r, i in zip(rows, ids, strict=True)]
     await conn.execute(_INSERT_AUDIT, audit)
-    return ids
+    stored = _stored(rows, ids, now)
+    deliveries, counts = _deliveries(rows, stored)
+    return _with_queued(stored, counts, await outbox.queue_core(conn, deliveries))
 
 
 async def _sqlite_write(
     conn: AsyncConnection, values: list[dict[str, Any]], rows: list[NewAnnouncement], now: datetime
-) -> list[int]:
-    """Store a batch and its audit rows in one SQLite transaction; the ids in order.
+) -> list[StoredAnnouncement]:
+    """Store a batch, its audit rows and its outbox messages in one SQLite
+    transaction.
 
     Why on aiosqlite's connection directly: every SQLAlchemy statement on aiosqlite
     is three or four round trips to its thread (cursor, execute, fetch, close), and
@@ -269,6 +305,17 @@ async def _sqlite_write(
         audit = [_audit(r, i, now) for r, i in zip(rows, ids, strict=True)]
         statement, audit_params = _multi_row(AuditEntry, conn.dialect, audit)
         await driver.execute_fetchall(statement, audit_params)
+        stored = _stored(rows, ids, now)
+        deliveries, counts = _deliveries(rows, stored)
+        queued: list[Queued] = []
+        if deliveries:
+            statement, params = _multi_row(
+                OutboxEntry, conn.dialect, outbox.values(deliveries, now), " RETURNING id, channel"
+            )
+            got_ids = sorted(await driver.execute_fetchall(statement, params), key=lambda r: r[0])
+            if [r[1] for r in got_ids] != [d.channel for d in deliveries]:
+                raise RuntimeError("multi-row INSERT returned outbox rows out of order")
+            queued = outbox.queued([int(r[0]) for r in got_ids], deliveries)
         statement = "COMMIT"
         await driver.commit()
     except BaseException as exc:
@@ -279,11 +326,11 @@ async def _sqlite_write(
         if isinstance(exc, sqlite3.Error):
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
         raise
-    return ids
+    return _with_queued(stored, counts, queued)
 
 
 def _multi_row(
-    model: type[Announcement] | type[AuditEntry],
+    model: type[Announcement] | type[AuditEntry] | type[OutboxEntry],
     dialect: Dialect,
     values: list[dict[str, Any]],
     returning: str = "",
@@ -311,7 +358,9 @@ def _multi_row(
 
 @functools.lru_cache(maxsize=8)
 def _bind_processors(
-    model: type[Announcement] | type[AuditEntry], dialect: Dialect, columns: tuple[str, ...]
+    model: type[Announcement] | type[AuditEntry] | type[OutboxEntry],
+    dialect: Dialect,
+    columns: tuple[str, ...],
 ) -> tuple[Callable[[Any], Any] | None, ...]:
     table = model.__table__.c
     return tuple(table[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns)

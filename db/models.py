@@ -132,6 +132,27 @@ class Announcement(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class OutboxEntry(Base):
+    """A message committed with the row it announces and not yet known to be on the
+    bus (the transactional outbox; ``api/outbox.py`` relays and deletes it).
+
+    ``data`` is the message exactly as subscribers get it; the row's id is also the
+    message's deduplication key on the bus, so a republish after a crash between
+    "published" and "deleted" finds the offset it already has instead of a second.
+    """
+
+    __tablename__ = "delivery_outbox"
+    # Ids are publish keys, so one must never come back: SQLite reuses the largest
+    # rowid after a delete unless the table is AUTOINCREMENT (Postgres never does).
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class AuditEntry(Base):
     """Append-only: every mutation, permission denial, refused lookup, failed
     authentication, WebSocket connection and limit hit (see ``db/repo.py``).

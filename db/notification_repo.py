@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from db.alert_models import Notification, NotificationReceipt
 from db.engine import Sessions
 from db.models import User, utcnow
+from db.outbox import Deliveries, Queued, queue
 from db.repo import Actor, audit_row
 from streams.channels import Channel, ChannelKind
 
@@ -22,8 +23,10 @@ async def create_notification(
     channel: Channel,
     title: str,
     body: str,
-) -> tuple[Notification, int]:
-    """Store the message, a receipt for each recipient and an audit row, atomically.
+    deliveries: Deliveries[Notification] | None = None,
+) -> tuple[Notification, int, list[Queued]]:
+    """Store the message, a receipt for each recipient, an audit row and its live
+    messages (``deliveries``, the outbox), atomically.
 
     Recipients: the user of ``user:{u}``, or every user of the institution holding
     the role of ``institution:{i}:role:{r}`` at this moment.
@@ -47,7 +50,8 @@ async def create_notification(
         session.add_all(NotificationReceipt(notification_id=row.id, user_id=u) for u in recipients)
         detail = {"notificationId": row.id, "recipients": len(recipients)}
         session.add(audit_row(actor, "notify", channel.name, "ok", detail))
-    return row, len(recipients)
+        queued = await queue(session, deliveries(row) if deliveries else ())
+    return row, len(recipients), queued
 
 
 async def inbox(

@@ -3,15 +3,16 @@ denial), refuse with an audit row, and publish what was stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import structlog
-from redis.exceptions import RedisError
 
 from db import repo
+from db.outbox import Queued
 from resolvers.emit import emit
 from schema.context import Context
-from schema.errors import BadChannel, Forbidden, NotFound, Unavailable
+from schema.errors import BadChannel, Forbidden, NotFound
 from streams.acl import Action, is_allowed
 from streams.channels import Channel, ChannelError, ChannelKind, parse_channel
 
@@ -64,21 +65,13 @@ async def refuse(
     raise error
 
 
-async def publish_stored(
-    ctx: Context, channel: str, kind: str, data: dict[str, Any], stored: str
-) -> None:
-    """Publish something already committed to the database.
+async def deliver(ctx: Context, queued: Sequence[Queued]) -> None:
+    """Publish messages committed with their rows (the outbox, ``api/outbox.py``).
 
-    Every mutation stores first, then publishes. If the bus is down, the row is
-    kept (readable through the queries) and the caller is told exactly that,
-    instead of an "Unexpected error." that invites a retry and a duplicate.
+    Never fails the mutation: the message is committed, so it is accepted; what
+    the bus cannot take now, the relay delivers when it can, with the offset the
+    first publish got if it got one.
     """
-    try:
-        await ctx.bus.publish(channel, kind, data)
-    except (RedisError, OSError) as exc:
-        log.error("bus.publish_failed", channel=channel, kind=kind, error=repr(exc))
-        raise Unavailable(
-            f"{stored} was saved but could not be delivered live ({exc.__class__.__name__}); "
-            "do not retry: subscribers will find it through the queries"
-        ) from exc
-    ctx.services.metrics.published_kind(kind).inc()
+    await ctx.services.outbox.deliver(queued)
+    for item in queued:
+        ctx.services.metrics.published_kind(item.kind).inc()

@@ -8,21 +8,23 @@ needs publish rights on the institution's alerts channel (admins and services).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import strawberry
 
 from db import alert_repo
+from db.alert_models import Alert as AlertRow
 from db.alert_repo import Outcome
-from resolvers.access import authorize, publish_stored, refuse
+from db.outbox import Delivery
+from resolvers.access import authorize, deliver, refuse
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
+from resolvers.channels import feed_errors
 from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
 from schema.context import Context
-from schema.errors import BadInput, Forbidden, NotFound, ShuttingDown, SlowConsumer
+from schema.errors import BadInput, Forbidden, NotFound
 from streams.acl import Action, Role
 from streams.channels import Channel, ChannelKind
 from streams.envelope import Envelope
-from streams.hub import HubClosed, SlowSubscriber
 
 MAX_TARGETS = 20
 
@@ -48,11 +50,16 @@ async def _targets(ctx: Context, institution: str, names: list[str]) -> list[Cha
     return targets
 
 
-async def _publish(ctx: Context, alert: Alert, kind: str, targets: list[str]) -> None:
-    """On the institution's alerts channel, then on each target channel once."""
-    message = {"alert": alert.to_message()}
-    for name in dict.fromkeys([f"institution:{alert.institution_id}:alerts", *targets]):
-        await publish_stored(ctx, name, kind, message, f"alert {alert.id}")
+def _announcing(kind: str) -> Callable[[AlertRow], list[Delivery]]:
+    """The messages of an alert change: on the institution's alerts channel, then on
+    each target channel once (committed with the change, ``db/outbox.py``)."""
+
+    def deliveries(row: AlertRow) -> list[Delivery]:
+        message = {"alert": Alert.from_row(row).to_message()}
+        names = [f"institution:{row.institution_id}:alerts", *row.targets]
+        return [Delivery(name, kind, message) for name in dict.fromkeys(names)]
+
+    return deliveries
 
 
 async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) -> Alert:
@@ -65,7 +72,7 @@ async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) ->
     title = _clean(input.title, "title", MAX_TITLE)
     body = _clean(input.body, "body", MAX_BODY)
     targets = await _targets(ctx, institution, input.targets or [])
-    row, _ = await alert_repo.create_alert(
+    row, _, queued = await alert_repo.create_alert(
         ctx.sessions,
         actor=ctx.actor,
         institution=institution,
@@ -73,10 +80,10 @@ async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) ->
         title=title,
         body=body,
         targets=targets,
+        deliveries=_announcing("alert"),
     )
-    alert = Alert.from_row(row)
-    await _publish(ctx, alert, "alert", [t.name for t in targets])
-    return alert
+    await deliver(ctx, queued)
+    return Alert.from_row(row)
 
 
 async def alert(info: strawberry.Info[Context], id: strawberry.ID) -> Alert:
@@ -111,14 +118,11 @@ async def alerts(
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="alerts").inc()
     try:
-        async with ctx.bus.stream(channel.name, None, ctx.on_overflow) as items:
-            async for item in items:
-                if isinstance(item, Envelope) and isinstance(item.data.get("alert"), dict):
-                    yield Alert.from_message(dict(item.data["alert"]))
-    except SlowSubscriber as exc:
-        raise SlowConsumer(str(exc)) from exc
-    except HubClosed as exc:
-        raise ShuttingDown(str(exc)) from exc
+        with feed_errors():
+            async with ctx.bus.stream(channel.name, None, ctx.on_overflow) as items:
+                async for item in items:
+                    if isinstance(item, Envelope) and isinstance(item.data.get("alert"), dict):
+                        yield Alert.from_message(dict(item.data["alert"]))
     finally:
         metrics.subscriptions.labels(kind="alerts").dec()
 
@@ -153,7 +157,9 @@ async def resolve_alert(info: strawberry.Info[Context], alert_id: strawberry.ID)
     ctx = info.context
     ctx.require_viewer()
     number = _number(alert_id)
-    change = await alert_repo.resolve(ctx.sessions, ctx.actor, number)
+    change = await alert_repo.resolve(
+        ctx.sessions, ctx.actor, number, _announcing("alert.resolved")
+    )
     match change.outcome:
         case Outcome.NOT_FOUND:
             raise NotFound(f"no alert {number}")
@@ -163,6 +169,5 @@ async def resolve_alert(info: strawberry.Info[Context], alert_id: strawberry.ID)
         case Outcome.ALREADY:
             raise BadInput(f"alert {number} is already resolved")
     assert change.alert is not None
-    result = Alert.from_row(change.alert)
-    await _publish(ctx, result, "alert.resolved", list(change.alert.targets))
-    return result
+    await deliver(ctx, change.queued)
+    return Alert.from_row(change.alert)

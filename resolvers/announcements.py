@@ -5,8 +5,9 @@ from __future__ import annotations
 import strawberry
 
 from db import repo
-from db.group_commit import NewAnnouncement
-from resolvers.access import authorize, publish_stored
+from db.group_commit import NewAnnouncement, StoredAnnouncement
+from db.outbox import Delivery
+from resolvers.access import authorize, deliver
 from schema.announcements import Announcement, PublishAnnouncementInput
 from schema.context import Context
 from schema.errors import BadInput
@@ -29,8 +30,8 @@ def _clean(value: str, field: str, limit: int) -> str:
 async def publish_announcement(
     info: strawberry.Info[Context], input: PublishAnnouncementInput
 ) -> Announcement:
-    """Store and audit (group-committed with concurrent publishes), then publish;
-    the returned announcement is what subscribers get."""
+    """Store, audit and queue its message (group-committed with concurrent
+    publishes), then publish; the returned announcement is what subscribers get."""
     ctx = info.context
     channel = await authorize(ctx, input.channel, Action.PUBLISH)
     title = _clean(input.title, "title", MAX_TITLE)
@@ -43,17 +44,16 @@ async def publish_announcement(
             title=title,
             body=body,
             priority=input.priority.value,
+            deliveries=_announce,
         )
     )
-    announcement = Announcement.from_row(row)
-    await publish_stored(
-        ctx,
-        channel.name,
-        "announcement",
-        {"announcement": announcement.to_message()},
-        f"announcement {announcement.id}",
-    )
-    return announcement
+    await deliver(ctx, row.queued)
+    return Announcement.from_row(row)
+
+
+def _announce(row: StoredAnnouncement) -> list[Delivery]:
+    message = {"announcement": Announcement.from_row(row).to_message()}
+    return [Delivery(row.channel, "announcement", message)]
 
 
 async def announcements(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 
 import strawberry
 
@@ -10,10 +11,29 @@ from resolvers.access import authorize
 from resolvers.emit import emit
 from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
 from schema.context import Context
-from schema.errors import ShuttingDown, SlowConsumer
+from schema.errors import ShuttingDown, SlowConsumer, Unavailable
 from streams.acl import Action
 from streams.envelope import Position
-from streams.hub import HubClosed, Reset, SlowSubscriber
+from streams.hub import ChannelUnavailable, HubClosed, Reset, SlowSubscriber
+from streams.replay import ReplayUnavailable
+
+
+@contextmanager
+def feed_errors() -> Iterator[None]:
+    """Every way a channel feed ends, as an error with a code the client sees.
+
+    Why: a subscription never ends silently. graphql-ws and Apollo take a bare
+    ``complete`` for a normal end and never resubscribe; with a code (and a retry
+    hint) the client knows to resume with ``since``.
+    """
+    try:
+        yield
+    except SlowSubscriber as exc:
+        raise SlowConsumer(str(exc)) from exc
+    except HubClosed as exc:
+        raise ShuttingDown(str(exc)) from exc
+    except (ReplayUnavailable, ChannelUnavailable) as exc:
+        raise Unavailable(str(exc), retry_after=exc.retry_after) from exc
 
 
 async def channel(
@@ -26,17 +46,14 @@ async def channel(
     metrics.subscriptions.labels(kind="channel").inc()
     emit(ctx.services, ctx.viewer, "subscription.start", {"channel": parsed.name}, channel=parsed)
     try:
-        async with ctx.bus.stream(parsed.name, start, ctx.on_overflow) as items:
-            async for item in items:
-                if isinstance(item, Reset):
-                    yield ChannelEvent.reset(parsed.name, item.position)
-                else:
-                    yield ChannelEvent.from_envelope(item)
-                    metrics.observe_delivery(item)
-    except SlowSubscriber as exc:
-        raise SlowConsumer(str(exc)) from exc
-    except HubClosed as exc:
-        raise ShuttingDown(str(exc)) from exc
+        with feed_errors():
+            async with ctx.bus.stream(parsed.name, start, ctx.on_overflow) as items:
+                async for item in items:
+                    if isinstance(item, Reset):
+                        yield ChannelEvent.reset(parsed.name, item.position)
+                    else:
+                        yield ChannelEvent.from_envelope(item)
+                        metrics.observe_delivery(item)
     finally:
         metrics.subscriptions.labels(kind="channel").dec()
         emit(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import strawberry
 
 from db import notification_repo
-from resolvers.access import authorize, publish_stored
+from db.alert_models import Notification as NotificationRow
+from db.outbox import Delivery
+from resolvers.access import authorize, deliver
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
 from schema.context import Context
 from schema.errors import BadInput
@@ -31,23 +33,22 @@ async def notify(info: strawberry.Info[Context], input: NotifyInput) -> NotifyRe
         raise BadInput("channel must be a role channel: institution:{inst}:role:{role}")
     title = _clean(input.title, "title", MAX_TITLE)
     body = _clean(input.body, "body", MAX_BODY)
-    row, recipients = await notification_repo.create_notification(
+
+    def announce(row: NotificationRow) -> list[Delivery]:
+        message = {"notification": Notification.from_row(row).to_message()}
+        return [Delivery(channel.name, "notification", message)]
+
+    row, recipients, queued = await notification_repo.create_notification(
         ctx.sessions,
         actor=ctx.actor,
         institution=viewer.institution,
         channel=channel,
         title=title,
         body=body,
+        deliveries=announce,
     )
-    notification = Notification.from_row(row)
-    await publish_stored(
-        ctx,
-        channel.name,
-        "notification",
-        {"notification": notification.to_message()},
-        f"notification {notification.id}",
-    )
-    return NotifyResult(notification=notification, recipients=recipients)
+    await deliver(ctx, queued)
+    return NotifyResult(notification=Notification.from_row(row), recipients=recipients)
 
 
 async def notifications(

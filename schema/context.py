@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from api.connections import Connections
     from api.metrics import Metrics
     from api.multiplex import Multiplexer
+    from api.outbox import OutboxRelay
     from db.audit_trail import AuditTrail
     from db.group_commit import AnnouncementWriter
     from streams.kafka_lag import LagMonitor
@@ -42,6 +43,7 @@ class Services:
     events: EventLog
     presence: Presence
     audit: AuditTrail
+    outbox: OutboxRelay
     trusted_proxies: TrustedProxies = TrustedProxies()
     # The consumer group's lag (cluster mode with Kafka); None in embedded mode.
     lag: LagMonitor | None = None

@@ -14,7 +14,7 @@ below, which ``schema.build.build_schema`` and ``api.http_fast`` use).
     ├── SlowConsumer      SLOW_CONSUMER    fell too far behind (WebSocket: closed 4008)
     ├── RateLimited       RATE_LIMITED     over an admission limit (HTTP 429, Retry-After)
     ├── ShuttingDown      SHUTTING_DOWN    server stopping; resume elsewhere with since
-    └── Unavailable       UNAVAILABLE      stored, but the bus (Redis) could not take it
+    └── Unavailable       UNAVAILABLE      Redis could not serve it now; ``retryAfter`` says when
 
 ``client_fault`` on the class says whose fault an error is: the first seven are the
 caller's and are counted as ``client_error.<code>`` events; the others (and any
@@ -100,7 +100,21 @@ class ShuttingDown(ApiError):
 
 
 class Unavailable(ApiError):
+    """``retry_after``: seconds after which trying again (a subscription: resubscribing
+    with the same ``since``) should succeed; sent as ``extensions.retryAfter``."""
+
     code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"code": self.code}
+        if self.retry_after is not None:
+            found["retryAfter"] = self.retry_after
+        return found
 
 
 def should_mask(error: GraphQLError) -> bool:

@@ -3,6 +3,9 @@
 Embedded mode: broadcaster's ``memory://`` backend and an in-process channel log.
 Cluster mode: :class:`RedisPubSubBackend` for fan-out between processes and
 :class:`RedisChannelLog` for offsets and history, both on one Redis.
+
+Every resume with ``since`` goes through one :class:`ReplayDesk`, which admits and
+paces history reads (``streams/replay.py``).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from broadcaster import Broadcast
-from redis.asyncio import Redis
+from prometheus_client import CollectorRegistry
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,8 +29,21 @@ from streams.envelope import Envelope, Position
 from streams.history import ChannelLog, MemoryChannelLog, RedisChannelLog
 from streams.hub import Feed, Hub, Item, Reset
 from streams.redis_backend import RedisPubSubBackend
+from streams.replay import RecoveryMetrics, ReplayDesk
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How resumes are admitted (``streams/replay.py``) and the Redis pool sized."""
+
+    replay_concurrency: int = 16
+    replay_queue_size: int = 10_000
+    replay_wait_seconds: float = 10.0
+    redis_pool_size: int = 50
+    redis_pool_timeout_seconds: float = 5.0
+    reconnect_max_seconds: float = 1.0
 
 
 class Bus:
@@ -37,19 +55,37 @@ class Bus:
         queue_size: int,
         redis: Redis | None = None,
         backend: RedisPubSubBackend | None = None,
+        pacing: Pacing = Pacing(),
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._broadcast = broadcast
         self._log = channel_log
         self._redis = redis
         self._backend = backend
-        self.hub = Hub(broadcast, channel_log, queue_size=queue_size)
+        self.recovery_metrics = RecoveryMetrics(registry)
+        self.hub = Hub(broadcast, channel_log, queue_size=queue_size, metrics=self.recovery_metrics)
+        self.replays = ReplayDesk(
+            channel_log,
+            self.recovery_metrics,
+            concurrency=pacing.replay_concurrency,
+            queue_size=pacing.replay_queue_size,
+            wait_seconds=pacing.replay_wait_seconds,
+        )
         self._listener_failed: BaseException | None = None
 
     @classmethod
-    def memory(cls, *, history_size: int, history_ttl: float, queue_size: int) -> Bus:
+    def memory(
+        cls,
+        *,
+        history_size: int,
+        history_ttl: float,
+        queue_size: int,
+        pacing: Pacing = Pacing(),
+        registry: CollectorRegistry | None = None,
+    ) -> Bus:
         broadcast = Broadcast("memory://")
         channel_log = MemoryChannelLog(broadcast, size=history_size, ttl_seconds=history_ttl)
-        return cls(broadcast, channel_log, queue_size=queue_size)
+        return cls(broadcast, channel_log, queue_size=queue_size, pacing=pacing, registry=registry)
 
     @classmethod
     def redis(
@@ -60,16 +96,24 @@ class Bus:
         history_size: int,
         history_ttl: float,
         queue_size: int,
+        pacing: Pacing = Pacing(),
+        registry: CollectorRegistry | None = None,
     ) -> Bus:
-        # Pooled connections go stale when Redis restarts; retry those few commands
-        # on a fresh connection instead of failing the request that hit them.
-        client = Redis.from_url(
+        # A blocking pool: when every connection is busy (a herd of replays, a Redis
+        # coming back), a command waits up to the timeout for one instead of failing
+        # at once with MaxConnectionsError, as redis-py's default pool does.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=pacing.redis_pool_size,
+            timeout=pacing.redis_pool_timeout_seconds,
             health_check_interval=10,
+            # Pooled connections go stale when Redis restarts; retry those few
+            # commands on a fresh connection instead of failing the request.
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        backend = RedisPubSubBackend(url, prefix=prefix)
+        client = Redis(connection_pool=pool)
+        backend = RedisPubSubBackend(url, prefix=prefix, max_backoff=pacing.reconnect_max_seconds)
         broadcast = Broadcast(backend=backend)
         channel_log = RedisChannelLog(
             client,
@@ -78,7 +122,15 @@ class Bus:
             size=history_size,
             ttl_seconds=history_ttl,
         )
-        return cls(broadcast, channel_log, queue_size=queue_size, redis=client, backend=backend)
+        return cls(
+            broadcast,
+            channel_log,
+            queue_size=queue_size,
+            redis=client,
+            backend=backend,
+            pacing=pacing,
+            registry=registry,
+        )
 
     @property
     def kind(self) -> str:
@@ -97,13 +149,18 @@ class Bus:
         log.critical("bus.listener_died", error=repr(self._listener_failed))
 
     async def close(self) -> None:
+        await self.replays.close()
         await self.hub.close()
         await self._broadcast.disconnect()
         if self._redis is not None:
             await self._redis.aclose()
+            # A client given a pool does not close it: its connections would linger.
+            await self._redis.connection_pool.disconnect()
 
-    async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope:
-        return await self._log.publish(channel, kind, data)
+    async def publish(
+        self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
+    ) -> Envelope:
+        return await self._log.publish(channel, kind, data, key=key)
 
     def subscribe(
         self, channel: str, on_overflow: Callable[[], None] | None = None
@@ -122,7 +179,8 @@ class Bus:
         The live subscription starts *before* history is read, and live messages
         already replayed are skipped by offset, so nothing published meanwhile is
         lost or seen twice. If history does not reach back to ``since``, the first
-        item is a :class:`Reset` carrying the current position.
+        item is a :class:`Reset` (see :func:`streams.history.recover`). Raises
+        :class:`streams.replay.ReplayUnavailable` when history cannot be read in time.
         """
         async with self.hub.subscribe(channel, on_overflow) as feed:
             yield self._resume(channel, feed, since)
@@ -132,17 +190,18 @@ class Bus:
     ) -> AsyncIterator[Item]:
         last = since
         if since is not None:
-            missed = await self._log.read_since(channel, since)
-            if missed is None:
-                last = await self._log.position(channel)
+            found = await self.replays.recover(channel, since)
+            if found.reset is not None:
+                last = found.reset
                 yield Reset(last)
-            else:
-                for envelope in missed:
-                    last = envelope.position
-                    yield envelope
+            for envelope in found.envelopes:
+                last = envelope.position
+                yield envelope
         async for item in feed:
-            if isinstance(item, Envelope) and last is not None and item.epoch == last.epoch:
-                if item.offset <= last.offset:
+            # Monotonic: nothing at or below what this subscription already has, in
+            # its epoch, whether a message in flight or a hub reset behind a replay.
+            if last is not None and item.position.epoch == last.epoch:
+                if item.position.offset <= last.offset:
                     continue
             last = item.position
             yield item

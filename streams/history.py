@@ -30,7 +30,13 @@ from streams.envelope import Envelope, Position, assemble, decode, encode_body
 
 
 class ChannelLog(Protocol):
-    async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope: ...
+    async def publish(
+        self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
+    ) -> Envelope:
+        """``key``: a publish with a key the channel has already taken (within the
+        history TTL, in the same epoch) returns the envelope it got then, and
+        publishes nothing: what makes the outbox relay's republish idempotent."""
+        ...
 
     async def position(self, channel: str) -> Position: ...
 
@@ -39,6 +45,42 @@ class ChannelLog(Protocol):
 
 def new_epoch() -> str:
     return secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a subscriber resuming from a position gets.
+
+    ``reset`` is None when history covered the whole gap: ``envelopes`` are exactly
+    the messages after the position. Otherwise the subscriber must refetch its state,
+    and ``envelopes`` follow ``reset`` contiguously.
+    """
+
+    reset: Position | None
+    envelopes: list[Envelope]
+    cause: str = ""  # "history_trimmed" or "epoch_changed" when there is a reset
+
+
+async def recover(log: ChannelLog, channel: str, since: Position) -> Recovery:
+    """Everything after ``since`` that history holds, with the least reset possible.
+
+    Why not just "reset to the head": when the epoch changed (Redis lost the
+    channel), every message of the new epoch is still in history; a reset to its
+    head dropped them, though they were acknowledged. The reset names the new
+    epoch's start instead and the new epoch follows. A gap inside one epoch that
+    history no longer holds resets to the head: nothing older can be replayed.
+    """
+    missed = await log.read_since(channel, since)
+    if missed is not None:
+        return Recovery(None, missed)
+    head = await log.position(channel)
+    if head.epoch != since.epoch:
+        start = Position(0, head.epoch)
+        missed = await log.read_since(channel, start)
+        if missed is not None:
+            return Recovery(start, missed, "epoch_changed")
+        return Recovery(head, [], "epoch_changed")
+    return Recovery(head, [], "history_trimmed")
 
 
 def _recoverable(retained: list[Envelope], since: Position, head: Position) -> bool:
@@ -58,6 +100,9 @@ class _MemoryChannel:
     # wire text and decoded only when a client replays it. Most messages are never
     # replayed, and decoding each one at publish time was ~2% of a publish.
     entries: deque[tuple[float, int, str]] = field(default_factory=deque)
+    # Publish keys of the messages still in ``entries`` (and, between trims, a few
+    # older ones): a republish of a retained message returns its envelope.
+    keys: dict[str, Envelope] = field(default_factory=dict)
 
 
 class MemoryChannelLog:
@@ -81,10 +126,17 @@ class MemoryChannelLog:
         ):
             state.entries.popleft()
 
-    async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope:
+    async def publish(
+        self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
+    ) -> Envelope:
         body = encode_body(channel, kind, data)
         state = self._state(channel)
         now = time.time()
+        if key is not None:
+            self._trim(state, now)
+            taken = state.keys.get(key)
+            if taken is not None and state.entries and taken.offset >= state.entries[0][1]:
+                return taken
         state.offset += 1
         published_at_ms = int(now * 1000)
         raw = assemble(state.offset, state.epoch, published_at_ms, body)
@@ -94,7 +146,13 @@ class MemoryChannelLog:
         # that makes the pair atomic, and the memory backend keeps publish order.
         await self._broadcast.publish(channel, raw)
         # As RedisChannelLog returns it: the data as given, not its JSON round trip.
-        return Envelope(state.offset, state.epoch, channel, kind, data, published_at_ms)
+        envelope = Envelope(state.offset, state.epoch, channel, kind, data, published_at_ms)
+        if key is not None:
+            state.keys[key] = envelope
+            if len(state.keys) > 2 * self._size:  # amortised: once per `size` keys
+                oldest = state.entries[0][1]
+                state.keys = {k: e for k, e in state.keys.items() if e.offset >= oldest}
+        return envelope
 
     async def position(self, channel: str) -> Position:
         state = self._state(channel)
@@ -109,24 +167,60 @@ class MemoryChannelLog:
         return retained
 
 
-# KEYS[1] meta hash {epoch, offset}; KEYS[2] stream of envelopes with ids 0-<offset>.
-# ARGV: pubsub channel, body, maxlen, ttl ms, epoch to use if the channel is new.
+# KEYS[1] meta hash {epoch, offset}; KEYS[2] stream of envelopes with ids 0-<offset>;
+# KEYS[3] hash of publish keys taken: key -> "offset:epoch:ms".
+# ARGV: pubsub channel, body, maxlen, ttl ms, epoch to use if the channel is new,
+# publish key ("" for none).
 _PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   -- A new history: drop any stream left from a lost one, its ids would clash.
   epoch = ARGV[5]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+if ARGV[6] ~= '' then
+  local taken = redis.call('HGET', KEYS[3], ARGV[6])
+  if taken then
+    local o, e, m = string.match(taken, '^(%d+):([^:]+):(%d+)$')
+    -- Only while the message is still in history: a republish of one that is not
+    -- would be a message nobody can recover, so it gets a new offset instead.
+    if e == epoch and #redis.call('XRANGE', KEYS[2], '0-' .. o, '0-' .. o) == 1 then
+      return {tonumber(o), e, tonumber(m)}
+    end
+  end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local env = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '","publishedAt":' .. ms
   .. ',' .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. offset, 'e', env)
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. offset, 'e', env, 'k', ARGV[6])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. offset, 'e', env)
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[1], env)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[6], offset .. ':' .. epoch .. ':' .. ms)
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  -- Keep only the keys of messages history still holds: rebuilt from the stream
+  -- once the hash is twice the history, so amortised O(1) per keyed publish.
+  if redis.call('HLEN', KEYS[3]) > 2 * tonumber(ARGV[3]) then
+    redis.call('DEL', KEYS[3])
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+      local f = entry[2]
+      if f[3] == 'k' then
+        local id = string.match(entry[1], '^0%-(%d+)$')
+        local body = f[2]
+        local em = string.match(body, '"publishedAt":(%d+)')
+        redis.call('HSET', KEYS[3], f[4], id .. ':' .. epoch .. ':' .. em)
+      end
+    end
+    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  end
+end
 return {offset, epoch, ms}
 """
 
@@ -154,11 +248,21 @@ class RedisChannelLog:
         tag = f"{self._prefix}:{{{channel}}}"
         return f"{tag}:meta", f"{tag}:log"
 
-    async def publish(self, channel: str, kind: str, data: Mapping[str, Any]) -> Envelope:
+    async def publish(
+        self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
+    ) -> Envelope:
         body = encode_body(channel, kind, data)
+        meta, log_key = self._keys(channel)
         offset, epoch, ms = await self._script(
-            keys=list(self._keys(channel)),
-            args=[self._pubsub_prefix + channel, body, self._size, self._ttl_ms, new_epoch()],
+            keys=[meta, log_key, f"{self._prefix}:{{{channel}}}:keys"],
+            args=[
+                self._pubsub_prefix + channel,
+                body,
+                self._size,
+                self._ttl_ms,
+                new_epoch(),
+                key or "",
+            ],
         )
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         return Envelope(int(offset), epoch_text, channel, kind, data, int(ms))

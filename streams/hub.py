@@ -8,7 +8,10 @@ are bounded: a subscriber that falls ``queue_size`` messages behind is cut off w
 The pump of a channel remembers the last offset it delivered. When the bus reports
 a possible gap (Redis reconnect) or an offset jumps, it fills the hole from the
 channel log's history, so local subscribers see contiguous offsets; if history no
-longer reaches back, every feed of the channel gets a :class:`Reset` marker.
+longer reaches back, every feed of the channel gets a :class:`Reset` marker, as
+late as history allows (:func:`streams.history.recover`): after Redis lost a
+channel, the reset names the new epoch's start and its messages follow. A pump's
+positions only move forward.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from broadcaster import Broadcast
 
 from streams.envelope import Envelope, EnvelopeError, Position, decode
-from streams.history import ChannelLog
+from streams.history import ChannelLog, recover
 from streams.redis_backend import GAP
+
+if TYPE_CHECKING:
+    from streams.replay import RecoveryMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +42,13 @@ class SlowSubscriber(Exception):
 
 class HubClosed(Exception):
     """The server is shutting down; the client should reconnect elsewhere."""
+
+
+class ChannelUnavailable(Exception):
+    """The channel's history stayed unreachable longer than a gap may wait: the
+    subscription ends with this (never silently) and resumes with ``since`` later."""
+
+    retry_after = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,7 @@ class Feed:
         self._queue: asyncio.Queue[Item | object] = asyncio.Queue(maxsize)
         self._overflowed = False
         self._on_overflow = on_overflow
+        self._closed_by: Exception | None = None
 
     def offer(self, item: Item) -> None:
         if self._overflowed:
@@ -72,7 +87,9 @@ class Feed:
         """Items already waiting behind the one just taken (a burst, for coalescing)."""
         return self._queue.qsize()
 
-    def close(self) -> None:
+    def close(self, reason: Exception | None = None) -> None:
+        """End the feed: its reader gets ``reason`` (default :class:`HubClosed`)."""
+        self._closed_by = reason
         self._queue._queue.clear()  # type: ignore[attr-defined]  # drop, we are leaving
         self._queue.put_nowait(_CLOSED)
 
@@ -84,7 +101,7 @@ class Feed:
             raise SlowSubscriber("subscriber fell behind and was disconnected")
         item = await self._queue.get()
         if item is _CLOSED:
-            raise HubClosed("server shutting down")
+            raise self._closed_by or HubClosed("server shutting down")
         assert isinstance(item, Envelope | Reset)
         return item
 
@@ -106,8 +123,10 @@ class Hub:
         *,
         queue_size: int,
         fill_timeout: float = 30.0,
+        metrics: RecoveryMetrics | None = None,
     ) -> None:
         self._broadcast = broadcast
+        self._metrics = metrics
         self._fill_timeout = fill_timeout
         self._log = channel_log
         self._queue_size = queue_size
@@ -172,6 +191,7 @@ class Hub:
     async def _pump(self, topic: _Topic) -> None:
         try:
             async with self._broadcast.subscribe(topic.channel) as subscriber:
+                await self._start_at_head(topic)
                 topic.ready.set()
                 while True:
                     event = await subscriber.get()
@@ -189,24 +209,39 @@ class Hub:
         except Exception:
             # A dead pump would leave its subscribers waiting forever: end them instead.
             log.exception("hub.pump_failed", channel=topic.channel)
+            # The next subscriber starts a fresh pump instead of joining this dead one,
+            # and those waiting for this one to be ready are let through to the error.
+            if self._topics.get(topic.channel) is topic:
+                del self._topics[topic.channel]
+            topic.ready.set()
             for feed in list(topic.feeds):
-                feed.close()
+                feed.close(ChannelUnavailable("channel history unreachable; resume with since"))
             raise
+
+    async def _start_at_head(self, topic: _Topic) -> None:
+        """Know the channel's position from the start, not from its first message.
+
+        Why: a pump that had delivered nothing yet could not tell that Redis lost
+        the channel meanwhile; the first message of the new epoch reached its
+        subscribers with no reset, and the new epoch's earlier messages not at all.
+        Without Redis now, the pump starts unknowing, as before, and learns at the
+        first message.
+        """
+        try:
+            topic.last = await self._log.position(topic.channel)
+        except Exception as exc:
+            log.warning("hub.head_unknown", channel=topic.channel, error=repr(exc))
 
     async def _deliver(self, topic: _Topic, envelope: Envelope) -> None:
         last = topic.last
-        if last is not None and envelope.epoch != last.epoch:
-            # The channel's history was lost (Redis restarted empty): say so.
-            log.warning("hub.epoch_changed", channel=topic.channel, epoch=envelope.epoch)
-            for feed in list(topic.feeds):
-                feed.offer(Reset(Position(envelope.offset - 1, envelope.epoch)))
-        elif last is not None:
-            if envelope.offset <= last.offset:
-                return  # already delivered from history
-            if envelope.offset > last.offset + 1:
-                await self._fill_retrying(topic, envelope)
-                if topic.last is not None and envelope.offset <= topic.last.offset:
-                    return
+        if last is not None and (envelope.epoch != last.epoch or envelope.offset > last.offset + 1):
+            # A gap, or the channel's history was lost (Redis restarted empty): fill
+            # from history; for a new epoch that is a reset to its start, then its
+            # messages before this one.
+            await self._fill_retrying(topic, envelope)
+            last = topic.last
+        if last is not None and (envelope.epoch != last.epoch or envelope.offset <= last.offset):
+            return  # already delivered from history, or of an epoch lost meanwhile
         self._offer(topic, envelope)
 
     async def _fill_retrying(self, topic: _Topic, upto: Envelope | None) -> None:
@@ -234,16 +269,22 @@ class Hub:
         last = topic.last
         if last is None:
             return
-        missed = await self._log.read_since(topic.channel, last)
-        if missed is None:
-            position = await self._log.position(topic.channel)
-            log.warning("hub.gap_unrecoverable", channel=topic.channel, since=last.offset)
+        found = await recover(self._log, topic.channel, last)
+        if found.reset is not None:
+            log.warning(
+                "hub.reset",
+                channel=topic.channel,
+                since=last.offset,
+                to=found.reset.offset,
+                cause=found.cause,
+            )
+            if self._metrics is not None:
+                self._metrics.resets.labels(cause=found.cause).inc(len(topic.feeds))
             for feed in list(topic.feeds):
-                feed.offer(Reset(position))
-            topic.last = position
-            return
-        for envelope in missed:
-            if upto is not None and envelope.offset >= upto.offset:
+                feed.offer(Reset(found.reset))
+            topic.last = found.reset
+        for envelope in found.envelopes:
+            if upto is not None and envelope.epoch == upto.epoch and envelope.offset >= upto.offset:
                 break
             self._offer(topic, envelope)
 

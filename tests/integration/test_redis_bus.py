@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streams.bus import Bus
-from streams.envelope import Envelope
+from streams.envelope import Envelope, Position
 from streams.hub import Item, Reset
 from tests.services import RedisProcess
 
@@ -152,3 +152,42 @@ async def _publish_when_back(bus: Bus, data: dict[str, int]) -> Envelope:
                 return await bus.publish("institution:x", "note", data)
             except Exception:
                 await asyncio.sleep(0.1)
+
+
+async def test_a_keyed_republish_gets_its_first_offset_and_sends_nothing(bus: Bus) -> None:
+    """What makes the outbox relay idempotent: the second publish of a key returns
+    the first one's envelope, adds nothing to history and reaches no subscriber."""
+    channel = "institution:keyed"
+    async with bus.stream(channel) as items:
+        first = await bus.publish(channel, "note", {"n": 1}, key="outbox:1")
+        again = await bus.publish(channel, "note", {"n": 1}, key="outbox:1")
+        other = await bus.publish(channel, "note", {"n": 2}, key="outbox:2")
+        got = await take(items, 2)
+    assert (again.offset, again.epoch) == (first.offset, first.epoch)
+    assert offsets(got) == [first.offset, other.offset] == [1, 2]
+    history = await bus.read_since(channel, Position(0, first.epoch))
+    assert history is not None and [e.offset for e in history] == [1, 2]
+
+
+async def test_keys_live_as_long_as_their_message_is_in_history(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A key whose message history no longer holds publishes anew (a message nobody
+    could recover is worse than a second copy), and the key hash stays bounded."""
+    bus = make_bus(redis_url, redis_prefix, size=5)
+    await bus.connect()
+    try:
+        channel = "institution:trimmed"
+        first = await bus.publish(channel, "note", {}, key="outbox:first")
+        for n in range(30):
+            await bus.publish(channel, "note", {"n": n}, key=f"outbox:{n}")
+        recent = await bus.publish(channel, "note", {"n": 29}, key="outbox:29")
+        assert recent.offset == 31  # still in history: the same offset
+        again = await bus.publish(channel, "note", {}, key="outbox:first")
+        assert again.offset == 32 and first.offset == 1
+        client = aioredis.from_url(redis_url)
+        keys = await client.hlen(f"{redis_prefix}:{{{channel}}}:keys")
+        await client.aclose()
+        assert keys <= 2 * 5
+    finally:
+        await bus.close()

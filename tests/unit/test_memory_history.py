@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from broadcaster import Broadcast
 
 from streams.envelope import Envelope, Position, decode
@@ -13,16 +11,6 @@ from streams.history import MemoryChannelLog
 
 CH = "institution:nw"
 CH2 = "institution:nw:alerts"
-
-
-@pytest.fixture
-async def broadcast() -> AsyncIterator[Broadcast]:
-    bc = Broadcast("memory://")
-    await bc.connect()
-    try:
-        yield bc
-    finally:
-        await bc.disconnect()
 
 
 def make_log(broadcast: Broadcast, size: int = 100, ttl: float = 600) -> MemoryChannelLog:

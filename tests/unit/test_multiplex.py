@@ -82,7 +82,7 @@ async def test_one_group_one_execution_each_member_its_own_id() -> None:
         await bus.close()
 
 
-async def test_failed_bus_subscription_completes_members_and_frees_the_group() -> None:
+async def test_failed_bus_subscription_tells_members_why_and_frees_the_group() -> None:
     bus, mux, planner = setup()
     await bus.connect()
     await bus.hub.close()  # from now on every subscribe raises HubClosed
@@ -97,7 +97,11 @@ async def test_failed_bus_subscription_completes_members_and_frees_the_group() -
         async with asyncio.timeout(5):  # must not hang waiting for a group that died
             await mux.join(plan, context, member("a", socket), None)
         await until(lambda: socket.frames)
-        assert socket.frames == [{"id": "a", "type": "complete"}]
+        error = {"message": "server shutting down", "extensions": {"code": "SHUTTING_DOWN"}}
+        assert socket.frames == [
+            {"id": "a", "type": "next", "payload": {"data": None, "errors": [error]}},
+            {"id": "a", "type": "complete"},
+        ]
         assert mux.group_count == 0
     finally:
         await bus.close()
