@@ -14,15 +14,16 @@ import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.analytics_models import AlertFired, ConsumerOffset, EventMinute, EventUserMinute
 from db.engine import Sessions
+from db.models import utcnow
 from streams.events import Event
 
 FAILED_LOGIN = "auth.failed"
@@ -313,13 +314,44 @@ async def _raise_alerts(
     return raised
 
 
-async def record_alert(sessions: Sessions, alert: Alert, detail: dict[str, Any]) -> bool:
+async def record_alert(
+    sessions: Sessions,
+    alert: Alert,
+    detail: dict[str, Any],
+    quiet_for: timedelta | None = None,
+) -> bool:
     """Record ``alert`` in ``alerts_fired`` unless it is there already: True if this
     call recorded it (so raise it), False if another process or round did. For
     rules checked outside a batch (the consumer lag rules of ``streams/lag_alerts.py``,
-    run by every server process)."""
+    run by every server process).
+
+    ``quiet_for``: also False when the same rule and subject was recorded, with any
+    bucket, within that long. Why: a rule whose bucket is where one process first
+    saw the condition (the minute it saw the lag) gave each server its own bucket
+    when they saw it in different minutes, and the alert fired once per server. On
+    Postgres an advisory lock per rule and subject makes check-and-insert atomic
+    across processes.
+    """
     async with sessions() as session, session.begin():
         conn = await session.connection()
+        if quiet_for is not None:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                    {"k": f"alerts_fired:{alert.institution_id}:{alert.rule}:{alert.subject}"},
+                )
+            recent = await conn.execute(
+                select(AlertFired.rule)
+                .where(
+                    AlertFired.institution_id == alert.institution_id,
+                    AlertFired.rule == alert.rule,
+                    AlertFired.subject == alert.subject,
+                    AlertFired.at > utcnow() - quiet_for,
+                )
+                .limit(1)
+            )
+            if recent.first() is not None:
+                return False
         done = await conn.execute(
             _statements(conn.dialect.name).record_alert,
             {

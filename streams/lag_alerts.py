@@ -15,14 +15,16 @@ institution, subject the group) and published as kind ``analytics.alert`` by the
 process that recorded it, here on ``system:status``, the channel every
 institution's admins and services may follow. The once is per episode: a stall's
 bucket is the group's last progress (the newest ``updated_at`` in Postgres, the
-same for every server), a lag alert's the minute it was first seen; and each
-process raises a rule again only after its condition cleared.
+same for every server); a lag alert's is the minute one process first saw it, so
+it is recorded only if no server recorded one for the group within
+:data:`LAG_QUIET` (checked atomically across processes); and each process raises
+a rule again only after its condition cleared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -36,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 SYSTEM_STATUS = "system:status"
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # the "last progress" of a group that never applied
+# At most one consumer_lag alert per group this often, whichever server sees it first.
+LAG_QUIET = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,9 @@ async def raise_alerts(sessions: Sessions, bus: Bus | None, alerts: list[LagAler
     """Record each alert once across processes; publish the ones this call recorded."""
     for item in alerts:
         alert = item.alert
-        if not await record_alert(sessions, alert, {"partitions": list(item.partitions[:100])}):
+        quiet = LAG_QUIET if alert.rule == "consumer_lag" else None
+        detail = {"partitions": list(item.partitions[:100])}
+        if not await record_alert(sessions, alert, detail, quiet_for=quiet):
             continue
         log.warning(
             "alerts.consumer",

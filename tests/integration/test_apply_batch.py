@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,5 +72,35 @@ async def test_overlapping_batches_over_two_partitions_count_each_record_once(ur
         assert offsets == {("a", 0): (3, None), ("b", 3): (3, 10), ("c", 1): (6, None)}
         assert minutes == {"auth.login": (5, 0), "error.internal": (2, 2)}
         assert users == {"auth.login": 5, "error.internal": 2}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_lag_alert_seen_by_servers_in_different_minutes_is_recorded_once(
+    url: str,
+) -> None:
+    """consumer_lag's bucket is the minute one server first saw the lag, so two
+    servers can hold different buckets for one episode; with a quiet period only
+    the first record counts, also when they record at the same moment."""
+    from datetime import timedelta
+
+    from db.analytics_write import Alert, record_alert
+
+    engine = create_engine(url)
+    sessions = make_sessionmaker(engine)
+    quiet = timedelta(minutes=10)
+    try:
+
+        def lag(minute: int) -> Alert:
+            bucket = AT.replace(second=0) + timedelta(minutes=minute)
+            return Alert("platform", "consumer_lag", GROUP, bucket, 500, 100)
+
+        together = await asyncio.gather(
+            *(record_alert(sessions, lag(m), {}, quiet_for=quiet) for m in range(4))
+        )
+        assert sorted(together) == [False, False, False, True]
+        assert not await record_alert(sessions, lag(9), {}, quiet_for=quiet)
+        # Without a quiet period (the other rules), a new bucket is a new alert.
+        assert await record_alert(sessions, lag(9), {})
     finally:
         await engine.dispose()
