@@ -88,6 +88,7 @@ class OutboxRelay:
         self._grace = timedelta(seconds=grace)
         self._batch = batch
         self._published: list[int] = []  # live-published, rows to delete
+        self._live = self.metrics.published.labels(by="live")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -117,11 +118,9 @@ class OutboxRelay:
                 self.metrics.deferred.inc()
                 delivered = False
                 continue
-            self.metrics.published.labels(by="live").inc()
+            self._live.inc()
             self._published.append(item.id)
-        if not delivered:
-            self._wake.set()
-        elif len(self._published) >= self._batch:
+        if not delivered or len(self._published) >= self._batch:
             self._wake.set()
         return delivered
 

@@ -26,7 +26,7 @@ import functools
 import sqlite3
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -56,9 +56,10 @@ class NewAnnouncement:
     deliveries: Deliveries[StoredAnnouncement] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredAnnouncement:
-    """The committed row, with the same attribute names as the ORM model."""
+    """The committed row, with the same attribute names as the ORM model (not
+    frozen only so the writer can attach ``queued`` once the outbox ids exist)."""
 
     id: int
     channel: str
@@ -220,25 +221,23 @@ def _stored(rows: list[NewAnnouncement], ids: list[int], now: datetime) -> list[
 
 def _deliveries(
     rows: list[NewAnnouncement], stored: list[StoredAnnouncement]
-) -> tuple[list[Delivery], list[int]]:
-    """Every row's messages, flat, and how many each row has."""
+) -> tuple[list[Delivery], list[StoredAnnouncement]]:
+    """Every row's messages, flat, and for each message the row it belongs to."""
     flat: list[Delivery] = []
-    counts = []
+    owners: list[StoredAnnouncement] = []
     for new, row in zip(rows, stored, strict=True):
-        found = list(new.deliveries(row)) if new.deliveries is not None else []
-        flat.extend(found)
-        counts.append(len(found))
-    return flat, counts
+        if new.deliveries is not None:
+            for delivery in new.deliveries(row):
+                flat.append(delivery)
+                owners.append(row)
+    return flat, owners
 
 
-def _with_queued(
-    stored: list[StoredAnnouncement], counts: list[int], queued: list[Queued]
-) -> list[StoredAnnouncement]:
-    out, at = [], 0
-    for row, n in zip(stored, counts, strict=True):
-        out.append(replace(row, queued=tuple(queued[at : at + n])))
-        at += n
-    return out
+def _attach(owners: list[StoredAnnouncement], queued: list[Queued]) -> None:
+    """Give each stored row its committed messages (rows are built before the
+    outbox ids exist; rebuilding them with ``replace`` cost ~3 µs a publish)."""
+    for row, item in zip(owners, queued, strict=True):
+        row.queued = (*row.queued, item)
 
 
 _CHECKED = ("channel", "author_id", "title", "body")
@@ -259,8 +258,9 @@ async def _core_write(
     audit = [_audit(r, i, now) for r, i in zip(rows, ids, strict=True)]
     await conn.execute(_INSERT_AUDIT, audit)
     stored = _stored(rows, ids, now)
-    deliveries, counts = _deliveries(rows, stored)
-    return _with_queued(stored, counts, await outbox.queue_core(conn, deliveries))
+    deliveries, owners = _deliveries(rows, stored)
+    _attach(owners, await outbox.queue_core(conn, deliveries))
+    return stored
 
 
 async def _sqlite_write(
@@ -306,7 +306,7 @@ async def _sqlite_write(
         statement, audit_params = _multi_row(AuditEntry, conn.dialect, audit)
         await driver.execute_fetchall(statement, audit_params)
         stored = _stored(rows, ids, now)
-        deliveries, counts = _deliveries(rows, stored)
+        deliveries, owners = _deliveries(rows, stored)
         queued: list[Queued] = []
         if deliveries:
             statement, params = _multi_row(
@@ -326,7 +326,8 @@ async def _sqlite_write(
         if isinstance(exc, sqlite3.Error):
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
         raise
-    return _with_queued(stored, counts, queued)
+    _attach(owners, queued)
+    return stored
 
 
 def _multi_row(

@@ -132,10 +132,9 @@ class MemoryChannelLog:
         body = encode_body(channel, kind, data)
         state = self._state(channel)
         now = time.time()
-        if key is not None:
-            self._trim(state, now)
-            taken = state.keys.get(key)
-            if taken is not None and state.entries and taken.offset >= state.entries[0][1]:
+        if key is not None and (taken := state.keys.get(key)) is not None:
+            self._trim(state, now)  # only a republish needs to know what history holds
+            if state.entries and taken.offset >= state.entries[0][1]:
                 return taken
         state.offset += 1
         published_at_ms = int(now * 1000)
