@@ -135,6 +135,34 @@ def _install_fast_paths(
         view.graphql_transport_ws_handler_class = multiplexed_handler_class()
 
 
+def _cors(settings: Settings) -> list[Middleware]:
+    """CORS for HTTP from ``EDUMATRIX_ALLOWED_ORIGINS``, the list that also admits
+    cross-origin WebSockets, so one setting decides both.
+
+    Why: a browser app on another origin (a dev server on :5173, an app domain)
+    could subscribe but not query or mutate (``OPTIONS`` answered 405, no
+    ``Access-Control-Allow-Origin``). Outermost, so a preflight is answered before
+    body limits, admission or routing. No credentials mode: the API authenticates
+    with bearer tokens, never cookies, so ``*`` exposes nothing a cookie would.
+    Empty list: no middleware at all (and same-origin pages need none).
+    """
+    origins = settings.allowed_origins
+    if not origins:
+        return []
+    from starlette.middleware.cors import CORSMiddleware
+
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if "*" in origins else origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "accept", "x-request-id"],
+            expose_headers=["retry-after", "x-request-id"],
+            max_age=600,
+        )
+    ]
+
+
 def _middleware(fast: Decision, view: GraphQLView) -> list[Middleware]:
     middleware = []
     if "rawsocket" in fast:
@@ -299,7 +327,11 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     refuse_body = partial(admission.refused, "body_bytes")
     body_limit = Middleware(BodyLimit, max_bytes=settings.max_body_bytes, on_refused=refuse_body)
     first = [body_limit] if settings.max_body_bytes else []
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[*first, *_middleware(fast, view)])
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[*_cors(settings), *first, *_middleware(fast, view)],
+    )
     app.state.settings = settings
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")
