@@ -200,6 +200,44 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
         finally:
             self._init_timer.cancel()
 
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        """Queries and mutations too: one ``data`` (errors included), then ``complete``.
+
+        Why: subscriptions-transport-ws apps send every operation over the socket,
+        and Python gql's WebSocket transports negotiate this protocol first, so
+        ``session.execute(query)`` went here. Strawberry's legacy handler only
+        subscribes: a query ended in a masked "Unexpected error.". The planner says
+        what the document is (parsed within the token limit); Strawberry's
+        ``execute`` validates it with the schema's rules and limits, and a document
+        that does not validate gets its errors (with their codes) in the ``data``
+        message. Subscriptions and documents that do not parse go on to Strawberry,
+        as before. Admission already counted a mutation (``_over_limit``).
+        """
+        kind = self.view.planner.operation_type(query, operation_name)
+        if kind is None or kind is OperationType.SUBSCRIPTION:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+            return
+        try:
+            result = await self.schema.execute(
+                query,
+                variable_values=variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation_name,
+            )
+            await self.send_data_message(result, operation_id)
+            await self.send_message({"type": "complete", "id": operation_id})
+        except asyncio.CancelledError:  # stopped by the client, as Strawberry answers it
+            await self.send_message({"type": "complete", "id": operation_id})
+        finally:
+            self.tasks.pop(operation_id, None)
+
     def _init_timed_out(self) -> None:
         if self._init_received:
             return

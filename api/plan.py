@@ -194,6 +194,7 @@ class Planner:
         self._prepared = lru_cache(maxsize=1024)(self._prepare)
         self._shaped = lru_cache(maxsize=1024)(self._shape)
         self._planned = lru_cache(maxsize=4096)(self._plan)
+        self._kinds = lru_cache(maxsize=1024)(self._kind)
 
     def _parse_and_validate(self, query: str) -> tuple[str, DocumentNode] | None:
         """The document, and the query text it was made from: that one string then
@@ -243,6 +244,23 @@ class Planner:
         return Request(
             query, document, operation, operation_name, raw_variables, extensions, direct
         )
+
+    def _kind(self, query: str, operation_name: str | None) -> OperationType | None:
+        try:
+            document = parse(query, max_tokens=self._max_tokens)
+        except GraphQLError:
+            return None
+        operation = get_operation_ast(document, operation_name)
+        return None if operation is None else operation.operation
+
+    def operation_type(self, query: object, operation_name: object) -> OperationType | None:
+        """What a document's operation is, valid or not (within the token limit);
+        None if it does not parse or names no operation."""
+        if not isinstance(query, str):
+            return None
+        if operation_name is not None and not isinstance(operation_name, str):
+            return None
+        return self._kinds(query, operation_name)
 
     def operation(self, payload: object) -> Request | None:
         """A query or mutation that may skip Strawberry's HTTP view (``api.http_fast``)."""
