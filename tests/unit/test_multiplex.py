@@ -153,3 +153,50 @@ def _announcement(title: str) -> dict[str, str]:
         "priority": "normal",
         "createdAt": "2026-11-27T12:00:00+00:00",
     }
+
+
+async def test_a_refused_replay_tells_its_member_why_and_frees_it() -> None:
+    """A resume the replay desk cannot serve ends that member alone: UNAVAILABLE
+    with retryAfter, then complete; it leaves its group (holding nothing more) and
+    its connection forgets the operation; the other member goes on receiving."""
+    from streams.replay import ReplayUnavailable
+
+    bus, mux, planner = setup()
+    await bus.connect()
+
+    async def refuse(channel: str, since: Any) -> Any:
+        raise ReplayUnavailable("too many subscriptions are resuming", 5)
+
+    bus.replays.recover = refuse  # type: ignore[method-assign]
+    try:
+        plan = planner.plan({"query": DOC, "variables": {"n": CHANNEL}})
+        assert plan is not None
+        plan = plan.__class__(
+            **{**{f: getattr(plan, f) for f in plan.__slots__}, "channel": CHANNEL}
+        )
+        context = Context(request=None, services=None)  # type: ignore[arg-type]
+        live, resuming = RecordingSocket(), RecordingSocket()
+        steady, refused = member("a", live), member("b", resuming)
+        ended: list[str] = []
+        refused.on_end = lambda: ended.append("b")
+        await mux.join(plan, context, steady, None)
+        first = await bus.publish(CHANNEL, "announcement", {"announcement": _announcement("x")})
+        await mux.join(plan, context, refused, first.position)
+        await until(lambda: len(resuming.frames) == 2)
+        error = {
+            "message": "too many subscriptions are resuming",
+            "extensions": {"code": "UNAVAILABLE", "retryAfter": 5},
+        }
+        assert resuming.frames == [
+            {"id": "b", "type": "next", "payload": {"data": None, "errors": [error]}},
+            {"id": "b", "type": "complete"},
+        ]
+        assert ended == ["b"] and refused.pending is None
+        (group,) = mux._groups.values()
+        assert group.members == {steady}
+        await bus.publish(CHANNEL, "announcement", {"announcement": _announcement("y")})
+        await until(lambda: len(live.frames) == 2)
+        assert [f["payload"]["data"]["channel"]["offset"] for f in live.frames] == [1, 2]
+        assert len(resuming.frames) == 2
+    finally:
+        await bus.close()
