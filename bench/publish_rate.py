@@ -132,10 +132,23 @@ def stock_variant(path: str) -> Variant:
     return Variant(Path(path).resolve(), stock=True)
 
 
-def round_for(variant: Variant, seconds: float, churned: int) -> tuple[float, float, str]:
-    """(publishes/s, server CPU µs per publish, fast paths on) of one fresh server."""
+def round_for(
+    variant: Variant,
+    seconds: float,
+    churned: int,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+) -> tuple[float, float, str]:
+    """(publishes/s, server CPU µs per publish, fast paths on) of one fresh server;
+    with ``database_url``/``redis_url``, cluster mode (a fresh database per round)."""
     extra_env = dict(STOCK_ENV) if variant.stock else {}
-    server = TreeServer("ours", extra_env=extra_env, tree=variant.tree)
+    server = TreeServer(
+        "ours",
+        extra_env=extra_env,
+        tree=variant.tree,
+        database_url=database_url,
+        redis_url=redis_url,
+    )
     server.start()
     try:
         fast = fast_paths_on(server.port)
@@ -175,6 +188,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="rounds per tree")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each round")
     parser.add_argument("--churn", type=int, default=0, help="subscribers that come and go first")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL server to run on (a fresh database per round, dropped after); "
+        "with --redis-url: cluster mode, the production path",
+    )
+    parser.add_argument("--redis-url", help="Redis for the bus (cluster mode)")
     args = parser.parse_args()
     if args.churn:
         raise_nofile(args.churn + 100)
@@ -186,7 +205,9 @@ def main() -> None:
     cpus: list[list[float]] = [[] for _ in variants]
     for n in range(args.pairs):
         for i, variant in enumerate(variants):
-            rate, cpu_us, fast = round_for(variant, args.seconds, args.churn)
+            rate, cpu_us, fast = round_for(
+                variant, args.seconds, args.churn, args.database_url, args.redis_url
+            )
             rates[i].append(rate)
             cpus[i].append(cpu_us)
             print(f"round {n + 1} {variant.label} [fast paths on: {fast}]: "
