@@ -7,6 +7,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import strawberry
+from graphql import GraphQLError
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
     AddValidationRules,
@@ -15,6 +16,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
 from resolvers import alerts as al_r
 from resolvers import analytics as an_r
@@ -29,7 +31,7 @@ from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.audit import AuditLogPage
 from schema.directory import Institution, Me
-from schema.errors import masked, should_mask
+from schema.errors import log_errors, masked, should_mask
 from schema.event_extension import EmitEvents
 from schema.limits import document_limits
 from schema.notifications import Notification, NotifyResult
@@ -54,6 +56,27 @@ def limit_rules(settings: Settings) -> list[type[ASTValidationRule]]:
             max_selections=settings.max_selections,
         )
     ]
+
+
+class Schema(strawberry.Schema):
+    """Strawberry's schema, logging errors by whose fault they are (``log_errors``).
+
+    Why here: every path reports its errors through ``process_errors`` (Strawberry's
+    execute and subscribe, and the HTTP fast path), so codes and log levels are the
+    same whichever path ran.
+    """
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors)
+
+
+class MaskUnexpected(MaskErrors):
+    """Strawberry's masking, with the code the fast paths' ``masked`` gives too."""
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        return masked(error)
 
 
 def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawberry.Schema:
@@ -153,7 +176,7 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
             ),
         )
 
-    schema = strawberry.Schema(
+    schema = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -169,7 +192,7 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
             partial(MaxTokensLimiter, max_token_count=settings.max_query_tokens),
             ParseCache,  # Strawberry's ParserCache, minus its subscription bug
             partial(ValidationCache, maxsize=1024),
-            partial(MaskErrors, should_mask_error=should_mask),
+            partial(MaskUnexpected, should_mask_error=should_mask),
             EmitEvents,
             *extensions,
         ],

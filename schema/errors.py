@@ -24,13 +24,25 @@ Documents over a limit are refused at validation, before anything runs, with
 ``GraphQLError``s that carry their code themselves (``schema.limits``; never masked):
 ``QUERY_TOO_DEEP``, ``TOO_MANY_ALIASES``, ``QUERY_TOO_COMPLEX`` (too many selections
 once fragments are expanded).
+
+GraphQL's own errors get a code too (:func:`ensure_code`): ``GRAPHQL_PARSE_FAILED``
+(syntax), ``QUERY_TOO_LARGE`` (over ``EDUMATRIX_MAX_QUERY_TOKENS``),
+``GRAPHQL_VALIDATION_FAILED`` (validation, variables that do not coerce),
+``BAD_INPUT`` (an argument value GraphQL refused); a masked unexpected error is
+``INTERNAL_SERVER_ERROR``. :func:`log_errors` logs the caller's mistakes at info
+without a traceback, our expected server-side errors at warning, and only
+unexpected ones at error with their traceback.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from graphql import GraphQLError
+import structlog
+from graphql import GraphQLError, GraphQLSyntaxError
+
+log = structlog.get_logger("graphql")
+INTERNAL = "INTERNAL_SERVER_ERROR"
 
 
 class ApiError(Exception):
@@ -136,4 +148,47 @@ def masked(error: GraphQLError) -> GraphQLError:
         source=error.source,
         positions=error.positions,
         path=error.path,
+        extensions={"code": INTERNAL},
     )
+
+
+def ensure_code(error: GraphQLError) -> str:
+    """``error``'s ``extensions.code``, given one if it has none (GraphQL's own
+    errors have none; clients need one to tell a typo from an outage)."""
+    code = (error.extensions or {}).get("code")
+    if isinstance(code, str):
+        return code
+    original = error.original_error
+    if isinstance(error, GraphQLSyntaxError) or isinstance(original, GraphQLSyntaxError):
+        code = "QUERY_TOO_LARGE" if "Parsing aborted" in error.message else "GRAPHQL_PARSE_FAILED"
+    elif isinstance(original, GraphQLError):
+        code = "BAD_INPUT"
+    elif original is None:
+        code = "GRAPHQL_VALIDATION_FAILED"
+    else:
+        code = INTERNAL
+    error.extensions = {**(error.extensions or {}), "code": code}
+    return code
+
+
+def log_errors(errors: list[GraphQLError]) -> None:
+    """Log each error at the level its cause deserves, and give it a code.
+
+    Why: every client mistake (a typo, FORBIDDEN, a bad token) was logged at error
+    level with a traceback, which buried the server faults operators must see.
+    """
+    for error in errors:
+        code = ensure_code(error)
+        original = error.original_error
+        if isinstance(original, ApiError):
+            level = log.info if original.client_fault else log.warning
+            level("graphql.error", code=code, message=error.message, path=error.path)
+        elif original is None or isinstance(original, GraphQLError):
+            log.info("graphql.error", code=code, message=error.message, path=error.path)
+        else:
+            log.error(
+                "graphql.unexpected_error",
+                code=code,
+                path=error.path,
+                exc_info=(type(original), original, original.__traceback__),
+            )

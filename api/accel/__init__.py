@@ -54,7 +54,7 @@ STOCK_EXTENSIONS = frozenset(
         "strawberry.extensions.max_tokens.MaxTokensLimiter",
         "schema.parsing.ParseCache",
         "strawberry.extensions.validation_cache.ValidationCache",
-        "strawberry.extensions.mask_errors.MaskErrors",
+        "schema.build.MaskUnexpected",  # Strawberry's MaskErrors with schema.errors.masked
         "schema.event_extension.EmitEvents",
     }
 )

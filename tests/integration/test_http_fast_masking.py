@@ -72,7 +72,7 @@ def test_unexpected_errors_are_masked_alike(
             "data": None,
             "errors": [
                 {"message": "Unexpected error.", "locations": [{"line": 1, "column": 13}],
-                 "path": ["me"]}
+                 "path": ["me"], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
             ],
         },
     )  # fmt: skip
@@ -91,4 +91,5 @@ def test_failures_outside_resolvers_are_masked_alike(
     fast, plain = ask(tmp_path, fast=True), ask(tmp_path, fast=False)
     # Strawberry's MaskErrors does not see such an error (it escapes the operation);
     # GraphQLView.process_result masks it on that path too.
-    assert fast == plain == (200, {"data": None, "errors": [{"message": "Unexpected error."}]})
+    unexpected = {"message": "Unexpected error.", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+    assert fast == plain == (200, {"data": None, "errors": [unexpected]})

@@ -9,10 +9,11 @@ from functools import partial
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import SchemaExtension
 
 from api.accel import NAMES, PATHS, FastPath, decide, installed_version
 from api.settings import Settings
+from schema.build import MaskUnexpected
 from schema.event_extension import EmitEvents
 
 
@@ -21,7 +22,7 @@ class Audit(SchemaExtension):
 
 
 def test_every_path_is_on_with_the_locked_versions() -> None:
-    decision = decide(extensions=[MaskErrors, partial(EmitEvents)])
+    decision = decide(extensions=[MaskUnexpected, partial(EmitEvents)])
     assert decision.on == NAMES, decision.why_off
 
 
@@ -61,7 +62,7 @@ def test_missing_or_unreadable_versions_are_outside_the_window(found: str | None
 
 
 def test_an_unknown_schema_extension_sends_requests_to_the_stock_path() -> None:
-    decision = decide(extensions=[MaskErrors, Audit])
+    decision = decide(extensions=[MaskUnexpected, Audit])
     for name in ("http", "direct", "multiplex"):
         assert name not in decision
     assert "tests.unit.test_accel.Audit" in decision.why_off["http"]
