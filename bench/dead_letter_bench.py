@@ -5,11 +5,15 @@ has to keep up with aggregating (one awaited send per record managed ~890/s).
 Real and on loopback, like ``events_bench.py``: a tansu broker, a fresh Postgres
 database, one ``python -m api consume --metrics-port P`` process. ``--count`` bad
 records are produced first (``--mix small``: not JSON, invalid, a timestamp past
-the datetime limit; ``large`` makes a quarter of them 20 KB, over the event size
+the datetime limit; ``large`` makes a quarter of them 60 KB, over the event size
 limit); the consumer is then started and its ``edumatrix_events_invalid_total``
 scraped until it reaches the count. The rate is taken from the first scrape that shows
 progress to the last (group join and startup excluded). Afterwards the
 dead-letter topic must hold one message per record (exit 1 otherwise).
+``consumer_cpu_s``, ``broker_cpu_s`` and ``scraper_cpu_s`` are the CPU seconds the
+consumer, the broker and this process used over the same window (``/proc``): on a
+shared machine the rate moves with other load, CPU per record much less.
+``--profile FILE`` runs the consumer under cProfile (``pstats`` reads FILE).
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -45,18 +49,63 @@ SMALL = [
         {"type": "a.b", "institutionId": "x", "occurredAt": "9999-12-31T23:59:59-05:00"}
     ).encode(),
 ]
-# A quarter of the records 20 KB: over the event limit, cut to the copy size.
+# A quarter of the records 60 KB (10,000 "é", each escaped to "\\u00e9" by json.dumps;
+# long described as 20 KB): over the event limit, cut to the copy size.
 LARGE = [*SMALL, json.dumps({"type": "a.b", "institutionId": "x", "data": "é" * 10_000}).encode()]
 
 
-def invalid_total(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+class ProfiledConsumer(ConsumerProcess):
+    """The consumer under ``python -m cProfile -o FILE`` (written when SIGTERM ends it)."""
+
+    def __init__(self, profile: Path, *args: Any) -> None:
+        super().__init__(*args)
+        self.profile = profile
+
+    def start(self) -> ProfiledConsumer:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cProfile", "-o", str(self.profile), "-m", "api"]
+                + ["consume", *self.args],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (Linux), 0 when it is gone or unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(consumer: ConsumerProcess, broker: TansuBroker) -> tuple[float, float, float]:
+    """CPU seconds so far of the consumer, the broker and this process (the scraper)."""
+    pids = (consumer.process, broker.process)
+    return (
+        cpu_seconds(pids[0] and pids[0].pid),
+        cpu_seconds(pids[1] and pids[1].pid),
+        time.process_time(),
+    )
+
+
+def invalid_total(client: httpx.Client, port: int) -> float:
+    """The sum of ``edumatrix_events_invalid_total`` over its reasons.
+
+    One client for all scrapes and a plain line match: ``httpx.get`` (a new client,
+    TLS context and all, per call) and the full exposition parser every 50 ms took
+    a fifth of a core, on a two-core machine, from the processes measured.
+    """
+    text = client.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "edumatrix_events_invalid"
-        for s in f.samples
-        if s.name == "edumatrix_events_invalid_total"
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edumatrix_events_invalid_total{")
     )
 
 
@@ -100,7 +149,7 @@ async def admin(url: str, sql: str) -> None:
         await conn.close()
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="dead-letter-bench-"))
     db = f"emx_bench_{secrets.token_hex(4)}"
     db_url = f"{args.pg_admin_url.rsplit('/', 1)[0]}/{db}"
@@ -133,21 +182,29 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         bad = LARGE if args.mix == "large" else SMALL
         asyncio.run(produce(broker.bootstrap, topics, args.count, bad))
         port = free_port()
-        consumer = ConsumerProcess(workdir, env, "dl", ("--metrics-port", str(port))).start()
+        consumer_args = (workdir, env, "dl", ("--metrics-port", str(port)))
+        if args.profile:
+            consumer = ProfiledConsumer(Path(args.profile).resolve(), *consumer_args).start()
+        else:
+            consumer = ConsumerProcess(*consumer_args).start()
         first: tuple[float, float] | None = None
+        cpu_first = cpu_last = (0.0, 0.0, 0.0)
         deadline = time.monotonic() + args.timeout
         seen = 0.0
-        while time.monotonic() < deadline:
-            try:
-                seen = invalid_total(port)
-            except httpx.TransportError:
-                seen = 0.0
-            now = time.monotonic()
-            if seen and first is None:
-                first = (now, seen)
-            if seen >= args.count:
-                break
-            time.sleep(0.05)
+        with httpx.Client() as scraper:
+            while time.monotonic() < deadline:
+                try:
+                    seen = invalid_total(scraper, port)
+                except httpx.TransportError:
+                    seen = 0.0
+                now = time.monotonic()
+                cpu = cpu_used(consumer, broker)
+                if seen and first is None:
+                    first, cpu_first = (now, seen), cpu
+                if seen >= args.count:
+                    cpu_last = cpu
+                    break
+                time.sleep(0.05)
         if first is None or seen < args.count:
             raise SystemExit(f"only {seen:.0f} of {args.count} dead-lettered\n{consumer.log()}")
         rate = (seen - first[1]) / max(1e-9, now - first[0])
@@ -159,6 +216,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             "bad_records": args.count,
             "dead_letters": letters,
             "per_second": rate,
+            "consumer_cpu_s": round(cpu_last[0] - cpu_first[0], 2),
+            "broker_cpu_s": round(cpu_last[1] - cpu_first[1], 2),
+            "scraper_cpu_s": round(cpu_last[2] - cpu_first[2], 2),
+            "window_s": round(now - first[0], 2),
         }
     finally:
         if consumer is not None:
@@ -173,6 +234,7 @@ def main() -> None:
     parser.add_argument("--mix", choices=["small", "large"], default="small")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--profile", help="write the consumer's cProfile stats here")
     parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get(

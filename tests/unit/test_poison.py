@@ -242,17 +242,38 @@ def test_big_records_give_small_dead_letters() -> None:
 
 class Recording:
     """A producer at the sink's seam: records what reached it; its first ``times``
-    sends fail with ``failure`` (raised by ``send`` itself if ``at_send``)."""
+    sends fail with ``failure`` (raised by ``send`` itself if ``at_send``); the
+    dead-letter topic has ``partitions`` partitions (metadata fails ``no_metadata``
+    times first)."""
 
     def __init__(
-        self, failure: BaseException | None = None, times: int = 0, *, at_send: bool = False
+        self,
+        failure: BaseException | None = None,
+        times: int = 0,
+        *,
+        at_send: bool = False,
+        partitions: int = 3,
+        no_metadata: int = 0,
     ) -> None:
         self.failure, self.times, self.at_send = failure, times, at_send
+        self.partitions, self.no_metadata = partitions, no_metadata
         self.sent: list[dict[str, Any]] = []
         self.calls = 0
+        self.metadata_calls = 0
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        self.metadata_calls += 1
+        if self.metadata_calls <= self.no_metadata:
+            raise KafkaTimeoutError()
+        return set(range(self.partitions))
 
     async def send(
-        self, topic: str, value: bytes, *, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]],
     ) -> asyncio.Future[Any]:
         self.calls += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -261,7 +282,8 @@ class Recording:
                 raise self.failure
             future.set_exception(self.failure)
             return future
-        self.sent.append(json.loads(value) | {"_topic": topic, "_headers": dict(headers)})
+        extra = {"_topic": topic, "_headers": dict(headers), "_partition": partition}
+        self.sent.append(json.loads(value) | extra)
         future.set_result(None)
         return future
 
@@ -276,7 +298,12 @@ class Gate(Recording):
         self.held: list[asyncio.Future[Any]] = []
 
     async def send(
-        self, topic: str, value: bytes, *, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]],
     ) -> asyncio.Future[Any]:
         self.calls += 1
         self.sent.append(json.loads(value))
@@ -425,6 +452,44 @@ async def test_a_batch_of_dead_letters_is_sent_concurrently(db: str) -> None:
         assert len(producer.sent) == 200 and producer.calls == 200
         assert metric(agg, "edumatrix_events_dead_lettered_total") == 200
         assert metric(agg, "edumatrix_dead_letters_parked_total") == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_letters_of_a_source_partition_share_a_dead_letter_partition(db: str) -> None:
+    """Source partition modulo the dead-letter topic's partitions: one partition's
+    letters stay in offset order, and a batch makes few producer batches."""
+    engine = create_engine(db)
+    producer = Recording(partitions=3)
+    agg = aggregator(make_sessionmaker(engine), producer)
+    try:
+        batch = [RawRecord("src", p, i, b"bad") for p in (0, 1, 4) for i in range(3)]
+        await agg.handle(batch)
+        await agg.handle([RawRecord("src", 5, 0, b"bad")])
+        assert [(d["partition"], d["offset"], d["_partition"]) for d in producer.sent] == [
+            (p, i, p % 3) for p in (0, 1, 4) for i in range(3)
+        ] + [(5, 0, 2)]
+        assert producer.metadata_calls == 1  # asked once
+    finally:
+        await engine.dispose()
+
+
+async def test_dead_letters_wait_for_metadata_like_a_send(db: str) -> None:
+    """No metadata for the dead-letter topic yet: retried with the letters, then
+    delivered; never metadata within the deadline: parked."""
+    engine = create_engine(db)
+    try:
+        producer = Recording(no_metadata=2)
+        agg = aggregator(make_sessionmaker(engine), producer)
+        await agg.handle([RawRecord("m1", 0, i, b"bad") for i in range(3)])
+        assert sorted(d["offset"] for d in producer.sent) == [0, 1, 2]
+        assert metric(agg, "edumatrix_dead_letters_parked_total") == 0
+        never = Recording(no_metadata=10**6)
+        agg = aggregator(make_sessionmaker(engine), never, deadline=0.3)
+        await agg.handle([RawRecord("m2", 0, i, b"bad") for i in range(3)])
+        assert never.sent == [] and never.calls == 0
+        assert metric(agg, "edumatrix_dead_letters_parked_total") == 3
+        assert await counted(agg.sessions) == (0, {("m1", 0): 3, ("m2", 0): 3})
     finally:
         await engine.dispose()
 
