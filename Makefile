@@ -86,7 +86,16 @@ typecheck: dev
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
 	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging
-pytest: dev
+# Third-party JavaScript clients and graphql-http's audit suite for the integration
+# tests (tests/node), reinstalled only when its lock file changes. Without npm the
+# tests that need them are skipped and say so.
+TEST_NODE_DEPS := tests/node/node_modules/.installed
+
+$(TEST_NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	@if $(NPM) ci --prefix tests/node --no-audit --no-fund; then touch $@; \
+	else echo "npm ci failed in tests/node: the JavaScript client tests will be skipped" >&2; fi
+
+pytest: dev $(if $(NPM),$(TEST_NODE_DEPS))
 	$(BIN)/pytest $(PYTEST_ARGS)
 	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest tests/integration \
 	    $(foreach m,$(STOCK_PASS_SKIP),--ignore=tests/integration/$(m).py) $(PYTEST_ARGS)
