@@ -19,11 +19,16 @@ errors, emit events, encode. That is what this does, with the same pieces:
   return unmasked (``GraphQLView.process_result`` masks those too);
 - the response body is encoded like Strawberry's view encodes it.
 
+The view calls it only for requests that accept ``application/json`` or
+``application/graphql-response+json`` (``api/media.py`` negotiates, once); the
+answer has that media type and, for a request error as the latter (here: variables
+that do not coerce), status 400 and no ``data`` entry, as the view answers it.
+
 Anything else is left to Strawberry, with the body replayed: GET, other content
 types, batches, documents that fail to parse or validate, an unknown operation
 name, subscriptions (SSE and multipart). ``tests/integration/test_http_fast.py``
 sends the same requests to a server with and without this path and requires the
-same status and body. It is the ``http`` path of ``api/accel``.
+same status, content type and body. It is the ``http`` path of ``api/accel``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from strawberry.schema._graphql_core import execution_context_class_kwargs
 from strawberry.types.graphql import OperationType as StrawberryOperationType
 
 from api.encoding import COMPACT_JSON, suspect, unsafe_text
+from api.media import Media, status_for
 from api.metrics import Metrics
 from api.plan import Planner
 from api.plan import Request as PlannedRequest
@@ -71,8 +77,11 @@ class FastHTTP:
         self._executor = execution_context_class_kwargs(schema.execution_context_class)
         self._metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        """Answer the request, or return a ``receive`` that replays it for Strawberry."""
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, media: Media
+    ) -> Receive | None:
+        """Answer the request as ``media``, or return a ``receive`` that replays it
+        for Strawberry."""
         if not _is_json(scope):
             return receive
         body = await _read_body(receive)
@@ -100,13 +109,14 @@ class FastHTTP:
             prepared.operation_name,
             errors,
         )
-        response: dict[str, Any] = {"data": data}
-        if errors:
-            response["errors"] = [masked(e).formatted for e in errors]
+        shown = [masked(e) for e in errors]
+        status = status_for(media, data, shown)
+        response: dict[str, Any] = {"data": data} if status == 200 else {}
+        if shown:
+            response["errors"] = [e.formatted for e in shown]
         (self._metrics.http_fast if prepared.direct is None else self._metrics.http_direct).inc()
-        await Response(COMPACT_JSON.encode(response), media_type="application/json")(
-            scope, receive, send
-        )
+        content = COMPACT_JSON.encode(response)
+        await Response(content, status_code=status, media_type=media.value)(scope, receive, send)
         return None
 
     async def _execute(

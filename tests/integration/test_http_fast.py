@@ -1,9 +1,10 @@
 """The HTTP fast path (api/http_fast.py) answers exactly what Strawberry's view does.
 
 Two servers with the same demo data, one with EDUMATRIX_HTTP_FAST_PATH=false, get
-the same requests in the same order; status and body must be equal (ids and
-timestamps of new rows aside). The fast server must really have used the fast path,
-and the other must not have.
+the same requests in the same order; status, content type and body must be equal
+(ids and timestamps of new rows aside), with either media type accepted
+(api/media.py). The fast server must really have used the fast path, and the other
+must not have.
 """
 
 from __future__ import annotations
@@ -95,10 +96,41 @@ CASES: list[Case] = [
     ),
 ]
 
+JSON = "application/json"
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+# The same cases as application/graphql-response+json (request errors: 400, no data
+# entry), and other Accept headers; no mutation that succeeds, so both databases
+# keep the announcements the test reads back at the end.
+NEGOTIATED: list[tuple[str, Case]] = [
+    *((GRAPHQL_RESPONSE, case) for case in CASES if "mutation" not in str(case[4])),
+    (GRAPHQL_RESPONSE, ("nw-ada", None, "GET", "", {"query": PUBLISH})),  # 405
+    *(
+        (GRAPHQL_RESPONSE, post("nw-ada", {"query": PUBLISH, "variables": variables}))
+        for variables in (
+            {"channel": MATH_101},  # missing variable
+            {"channel": MATH_101, "title": 5},
+            {"channel": MATH_101, "title": "x", "priority": "LOUD"},
+        )
+    ),
+    *(
+        (accept, post("nw-ada", {"query": "query Q { me { id role } }"}))
+        for accept in (
+            f"{GRAPHQL_RESPONSE}, {JSON};q=0.9",
+            f"{GRAPHQL_RESPONSE};q=0.5, {JSON}",
+            "*/*",
+            "application/*",
+            "",
+            "text/html",  # 406
+        )
+    ),
+    ("text/html", post("nw-ada", {"query": "{ me { id "})),
+    (f"{JSON};q=0.9, {GRAPHQL_RESPONSE}", post("nw-ada", {"query": "{ me { nope } }"})),
+]
 
-def send(server: ServerProcess, case: Case) -> tuple[int, Any]:
+
+def send(server: ServerProcess, case: Case, accept: str = JSON) -> tuple[int, str, Any]:
     user, raw_token, method, content_type, body = case
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": accept}
     if user is not None or raw_token is not None:
         headers["Authorization"] = f"Bearer {raw_token or token(user or '')}"
     url = f"{server.url}/graphql"
@@ -108,10 +140,11 @@ def send(server: ServerProcess, case: Case) -> tuple[int, Any]:
         headers["Content-Type"] = content_type
         content = body if isinstance(body, bytes) else httpx_json(body)
         response = httpx.post(url, content=content, headers=headers, timeout=10)
+    media = response.headers.get("content-type", "")
     try:
-        return response.status_code, normalize(response.json())
+        return response.status_code, media, normalize(response.json())
     except ValueError:
-        return response.status_code, response.text
+        return response.status_code, media, response.text
 
 
 def httpx_json(body: Any) -> bytes:
@@ -155,17 +188,24 @@ def test_fast_path_answers_like_strawberry(servers: tuple[ServerProcess, ServerP
     fast, plain = servers
     for case in CASES:
         assert send(fast, case) == send(plain, case), case
+    for accept, case in NEGOTIATED:
+        assert send(fast, case, accept) == send(plain, case, accept), (accept, case)
     # The fast server executed the valid queries and mutations itself, the
     # one-root-field ones (the publishes among them) without graphql-core's executor...
     assert http_operations(fast, "fast") >= 4
     assert http_operations(fast, "direct") >= 10
+    # ...graphql-response+json ones too.
+    before = http_operations(fast, "direct")
+    answer = send(fast, post("nw-ada", {"query": "query Q { me { id } }"}), GRAPHQL_RESPONSE)
+    assert answer == (200, f"{GRAPHQL_RESPONSE}; charset=utf-8", {"data": {"me": {}}})
+    assert http_operations(fast, "direct") == before + 1
     assert http_operations(plain, "fast") == http_operations(plain, "direct") == 0
     # ...and both stored the same announcements, with audit rows.
     query = f'{{ announcements(channel: "{MATH_101}", last: 10) {{ title authorId }} }}'
     assert send(fast, post("nw-ada", {"query": query})) == send(
         plain, post("nw-ada", {"query": query})
     )
-    _, body = send(fast, post("nw-ada", {"query": query}))
+    _, _, body = send(fast, post("nw-ada", {"query": query}))
     assert [a["title"] for a in body["data"]["announcements"]] == ["hello", "ok"]
 
 
