@@ -12,7 +12,7 @@ PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 LOCKS := requirements.lock requirements-dev.lock requirements-bench.lock
 UV    := uv==0.13.9
 
-.PHONY: run test test-latest pytest lint typecheck install dev bench lock clean
+.PHONY: run test test-latest pytest lint typecheck install dev bench lock clean graphiql-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ $(NODE_DEPS): bench/node/package.json bench/node/package-lock.json
 # fails only on lost, duplicated or reordered messages, never on timing.
 bench: $(VENV)/.installed-bench $(if $(NPM),$(NODE_DEPS))
 	$(BIN)/python bench/fanout.py --quick $(BENCH_ARGS)
+
+# GraphiQL's browser files, copied from the npm packages pinned in tools/graphiql
+# into api/static/graphiql with a manifest (sha256 per file), and committed: `make
+# run` and an installed package need neither npm nor a network. Run it only after
+# changing tools/graphiql/package.json (docs/graphiql.md), then commit the result.
+graphiql-assets:
+	npm ci --prefix tools/graphiql --no-audit --no-fund
+	$(PYTHON) tools/graphiql/vendor.py
 
 run: install
 	$(BIN)/edumatrix migrate
