@@ -41,6 +41,14 @@ class AuthError(Exception):
         self.reason = reason
 
 
+class TokenExpired(AuthError):
+    """The token's ``exp`` plus the leeway has passed: the same token can only be
+    refused again, so a WebSocket client is told not to retry it (``api/graphql.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__("token expired")
+
+
 class TokenService:
     def __init__(
         self,
@@ -74,6 +82,7 @@ class TokenService:
                 signing_key=read_key(private.get_secret_value()) if private else None,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
+                leeway_seconds=settings.jwt_leeway_seconds,
                 max_ttl_seconds=settings.jwt_max_ttl_seconds,
             )
             return service, False
@@ -84,9 +93,19 @@ class TokenService:
             signing_key=secret,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            leeway_seconds=settings.jwt_leeway_seconds,
             max_ttl_seconds=settings.jwt_max_ttl_seconds,
         )
         return service, generated
+
+    def deadline(self, viewer: Viewer) -> float | None:
+        """When ``viewer``'s token stops being accepted (a Unix time): ``exp`` plus
+        the leeway, exactly what :meth:`verify` checks. Every transport that holds a
+        connection open ends it then, so a client is never accepted and cut off at
+        once. None: the token has no expiry (only Python callers build such viewers)."""
+        if viewer.expires_at is None:
+            return None
+        return viewer.expires_at.timestamp() + self._leeway
 
     def verify(self, token: str) -> Viewer:
         """Verify ``token``; verified tokens are remembered until they expire.
@@ -98,8 +117,9 @@ class TokenService:
         """
         cached = self._verified.get(token)
         if cached is not None:
-            assert cached.expires_at is not None  # only tokens with an exp are cached
-            if cached.expires_at.timestamp() + self._leeway > time.time():
+            deadline = self.deadline(cached)
+            assert deadline is not None  # only tokens with an exp are cached
+            if deadline > time.time():
                 self._verified.move_to_end(token)
                 return cached
             del self._verified[token]
@@ -123,7 +143,7 @@ class TokenService:
                 options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthError("token expired") from exc
+            raise TokenExpired from exc
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"token lacks the {exc.claim!r} claim") from exc
         except jwt.InvalidTokenError as exc:

@@ -1,9 +1,11 @@
 """Every open GraphQL WebSocket of this process, so they can be closed on purpose.
 
-Two reasons to close a socket from outside its own handler: a subscriber fell too
-far behind (4008, it must not hold others up or grow memory), and the process is
-shutting down (1001 "going away", so clients reconnect elsewhere and resume with
-``since``). Closing is bounded in time: a peer that stopped reading cannot hold it.
+Three reasons to close a socket from outside its own handler: its token expired
+(4403 "token expired", at the deadline ``TokenService.deadline`` gives), a
+subscriber fell too far behind (4008, it must not hold others up or grow memory),
+and the process is shutting down (1001 "going away", so clients reconnect
+elsewhere and resume with ``since``). Closing is bounded in time: a peer that
+stopped reading cannot hold it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from types import FrameType
 from typing import Any
@@ -22,7 +25,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 log = structlog.get_logger(__name__)
 
 GOING_AWAY = 1001
-FORBIDDEN = 4403
+UNAUTHORIZED = 4401  # an expired token at connection_init (graphql-ws does not retry it)
+FORBIDDEN = 4403  # refused at connection_init; "token expired" when an open one's runs out
 SLOW_CONSUMER = 4008
 # A slow peer's close frame waits behind its full socket; it goes out as soon as
 # the peer reads again. A peer that never reads is dropped by uvicorn's ping timeout.
@@ -31,7 +35,10 @@ DRAIN_CLOSE_TIMEOUT = 5.0
 
 
 class Connections:
-    def __init__(self) -> None:
+    def __init__(self, also_drain: Callable[[], int] | None = None) -> None:
+        """``also_drain``: ends this process's HTTP streams (``api.streaming``) when
+        the WebSockets are drained, so they too end with a reason, not a cut."""
+        self._also_drain = also_drain
         self._open: set[WebSocket] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -44,6 +51,17 @@ class Connections:
 
     def discard(self, websocket: WebSocket) -> None:
         self._open.discard(websocket)
+
+    def expire_at(self, websocket: WebSocket, deadline: float | None) -> asyncio.TimerHandle | None:
+        """Close ``websocket`` with 4403 "token expired" at ``deadline`` (a Unix time,
+        ``TokenService.deadline``; None: never). Cancel the handle to call it off.
+
+        A timer, not a sleeping task: one per connection for the token's lifetime.
+        """
+        if deadline is None:
+            return None
+        delay = max(deadline - time.time(), 0.0)
+        return asyncio.get_running_loop().call_later(delay, self.close_expired, websocket)
 
     def close_expired(self, websocket: WebSocket) -> None:
         log.info("ws.token_expired")
@@ -71,8 +89,12 @@ class Connections:
             log.info("ws.close_incomplete", code=code, error=repr(exc))
 
     async def drain(self) -> int:
-        """Close every socket with 1001; returns how many were open."""
+        """Close every socket with 1001 (and end every HTTP stream); returns how many
+        sockets were open."""
         self.draining = True
+        if self._also_drain is not None:
+            streams = self._also_drain()
+            log.info("server.http_streams_ended", streams=streams)
         sockets = list(self._open)
         await asyncio.gather(
             *(self.close(ws, GOING_AWAY, "server shutting down") for ws in sockets)

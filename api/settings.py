@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="clock skew allowed when checking exp, nbf and iat; a WebSocket is "
+        "accepted until exp plus this and closed (4403 'token expired') then",
+    )
     jwt_max_ttl_seconds: int = Field(
         default=30 * 24 * 3600,
         ge=60,
@@ -307,6 +314,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=False,
         description="a log line per HTTP request and per accepted WebSocket (uvicorn's access log)",
+    )
+    graphiql_persist_headers: bool = Field(
+        default=False,
+        description="GraphiQL keeps its headers (the bearer token) in the browser's "
+        "localStorage across reloads; off: only in the open page (api/graphiql.py)",
     )
 
     @field_validator("allowed_origins", "fast_paths_off", mode="before")

@@ -23,6 +23,7 @@ from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
 from resolvers import audit as audit_r
 from resolvers import channels as chan_r
+from resolvers import connection as conn_r
 from resolvers import institutions as inst_r
 from resolvers import notifications as note_r
 from resolvers import presence as pres_r
@@ -30,6 +31,7 @@ from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, ChannelEvent, ChannelPosition
 from schema.audit import AuditLogPage
+from schema.connection import TokenRefresh
 from schema.directory import Institution, Me
 from schema.errors import log_errors, masked, should_mask
 from schema.event_extension import EmitEvents
@@ -150,6 +152,14 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
             resolver=note_r.notify, description="Persist and deliver a private notification."
         )
         mark_read: int = strawberry.mutation(resolver=note_r.mark_read)
+        refresh_connection_token: TokenRefresh = strawberry.mutation(
+            resolver=conn_r.refresh_connection_token,
+            description=(
+                "Over a WebSocket only: run this connection on a new token (same sub, "
+                "inst and role) without dropping its subscriptions; it is then closed "
+                "at the new token's exp plus the leeway. Over HTTP: BAD_INPUT."
+            ),
+        )
 
     @strawberry.type
     class Subscription:
