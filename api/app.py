@@ -18,7 +18,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 
 from api.accel import Decision
 from api.admission import Admission
@@ -26,6 +32,7 @@ from api.auth import TokenService
 from api.body_limit import BodyLimit
 from api.clientinfo import TrustedProxies
 from api.connections import Connections
+from api.graphiql import ASSETS_PATH, GraphiQLPage
 from api.graphql import GraphQLView, multiplexed_handler_class
 from api.logs import configure_logging
 from api.metrics import Metrics
@@ -33,6 +40,7 @@ from api.multiplex import Multiplexer
 from api.outbox import OutboxRelay
 from api.plan import PlanDirect, Planner
 from api.settings import Mode, Settings
+from api.streaming import HTTPStreams
 from db.audit_trail import AuditTrail
 from db.engine import create_engine, make_sessionmaker
 from db.group_commit import AnnouncementWriter
@@ -155,8 +163,16 @@ def _cors(settings: Settings) -> list[Middleware]:
         Middleware(
             CORSMiddleware,
             allow_origins=["*"] if "*" in origins else origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "accept", "x-request-id"],
+            # PUT and DELETE, and the stream token: graphql-sse's single connection
+            # mode (api/streaming.py).
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "accept",
+                "x-request-id",
+                "x-graphql-event-stream-token",
+            ],
             expose_headers=["retry-after", "x-request-id"],
             max_age=600,
         )
@@ -187,7 +203,13 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     fast.export(metrics.registry)
     view = GraphQLView(
         schema,
-        graphql_ide="graphiql",
+        graphql_ide="graphiql",  # the page is ours (view.ide), not Strawberry's CDN one
+        subscription_protocols=(
+            GRAPHQL_TRANSPORT_WS_PROTOCOL,
+            GRAPHQL_WS_PROTOCOL,
+            GRAPHQL_SSE_PROTOCOL,
+            MULTIPART_SUBSCRIPTION_PROTOCOL,
+        ),
         allowed_origins=settings.allowed_origins,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
@@ -203,6 +225,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         settings, metrics, paced_memory="ratelimit_memory" in fast
     )
     view.tarpit_seconds = settings.rate_limit_tarpit_seconds
+    view.ide = GraphiQLPage(persist_headers=settings.graphiql_persist_headers)
+    view.streams = streams = HTTPStreams(view)
     _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager
@@ -218,7 +242,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         await require_current(engine)
         bus = build_bus(settings, metrics.registry)
         await bus.connect()
-        connections = Connections()
+        connections = Connections(also_drain=streams.drain)
         app.state.connections = connections
         connections.drain_before()
         sessions = make_sessionmaker(engine)
@@ -320,6 +344,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/graphiql", graphiql),
+        Mount(ASSETS_PATH, app=view.ide.assets()),  # GraphiQL's files, from package data
         Route("/graphql", view),  # with the lane fast path on, WebSocketLane serves it
         WebSocketRoute("/graphql", view),
     ]

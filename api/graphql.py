@@ -3,7 +3,12 @@
 Authentication happens here, once per HTTP request or WebSocket connection. A
 WebSocket whose ``connection_init`` carries no valid token is closed with 4403
 before any operation runs, in both protocols (legacy ``graphql-ws`` would
-otherwise use 1011), and a connection is closed with 4403 when its token expires.
+otherwise use 1011); on graphql-transport-ws an expired one with 4401 ``token
+expired``, which graphql-ws clients do not retry (``ExpiredAtInit``). An accepted
+connection lives until its token's ``exp`` plus the leeway
+(``TokenService.deadline``, the instant the check itself uses) and is then closed
+with 4403 ``token expired``, unless ``refreshConnectionToken``
+(``resolvers/connection.py``) gave it a new token first.
 
 Admission control (``api/admission.py``) is applied here too: connections per IP
 and per subject, inbound messages per connection, operations per subject and
@@ -18,12 +23,12 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from cross_web import HTTPException  # the error type Strawberry's view answers with
 from graphql import GraphQLError, OperationDefinitionNode, OperationType
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -31,6 +36,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -57,12 +63,29 @@ from api.auditing import (
     ws_closed,
     ws_opened,
 )
-from api.auth import AuthError
+from api.auth import AuthError, TokenExpired
 from api.clientinfo import request_id
-from api.connections import FORBIDDEN, GOING_AWAY
+from api.connections import FORBIDDEN, GOING_AWAY, UNAUTHORIZED
 from api.encoding import COMPACT_JSON, UNSAFE_TEXT, suspect, unsafe_text
+from api.graphiql import GraphiQLPage
+from api.media import (
+    BAD_REQUEST,
+    MEDIA_KEY,
+    METHOD_NOT_ALLOWED,
+    NOT_ACCEPTABLE,
+    OPERATION_RESOLUTION_FAILURE,
+    REQUEST_ERROR_KEY,
+    Media,
+    accept_header,
+    media_of,
+    negotiate,
+    refusal,
+    status_for,
+)
 from api.metrics import Metrics
 from api.plan import Planner
+from api.streaming import HTTPStreams
+from api.streaming import wants as wants_stream
 from resolvers.emit import emit
 from schema.context import Context, Services
 from schema.errors import RateLimited, masked
@@ -71,6 +94,11 @@ if TYPE_CHECKING:  # fast paths, imported only when api/accel turns them on
     from api.http_fast import FastHTTP
 
 log = structlog.get_logger(__name__)
+
+SUBSCRIPTION_NEEDS_STREAM = (
+    "a subscription needs a stream: send Accept: text/event-stream (SSE) or "
+    'multipart/mixed;subscriptionSpec="1.0", or use a WebSocket'
+)
 
 
 class _ConnectionTracking:
@@ -156,6 +184,22 @@ class _ConnectionTracking:
                 await limit_hit(self.context, exc.limit)
             return True
         return False
+
+
+class ExpiredAtInit(Refused):
+    """An expired token in ``connection_init``.
+
+    graphql-transport-ws: closed with 4401 ``token expired``. The graphql-ws client
+    retries a 4403 (so that its ``connectionParams`` may fetch a new token) and resets
+    its retry count on every ``connection_ack``; the same token can only be refused
+    again, and it gives up on 4401. Legacy graphql-ws: ``connection_error`` and 4403,
+    as for any refused token; its clients (subscriptions-transport-ws) retry whatever
+    the close code, and only an acknowledgement resets their backoff.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(UNAUTHORIZED, reason)
+        self.payload = {"message": reason, "code": "FORBIDDEN"}
 
 
 class TransportWSHandler(_ConnectionTracking, BaseGraphQLTransportWSHandler[Context, None]):
@@ -273,7 +317,7 @@ class LegacyWSHandler(_ConnectionTracking, BaseGraphQLWSHandler[Context, None]):
         try:
             ack_payload: UnsetType | dict[str, object] | None
             ack_payload = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
+        except (ConnectionRejectionError, ExpiredAtInit) as exc:
             await self.send_message({"type": "connection_error", "payload": exc.payload})
             await self.websocket.close(code=FORBIDDEN, reason="Forbidden")
             return
@@ -353,6 +397,11 @@ class GraphQLView(GraphQL[Context, None]):
     tarpit_seconds = 0.0  # set by create_app (EDUMATRIX_RATE_LIMIT_TARPIT_SECONDS)
     metrics: Metrics
     admission: Admission  # set by create_app
+    streams: HTTPStreams  # set by create_app: SSE and multipart (api/streaming.py)
+    ide: GraphiQLPage  # set by create_app: our GraphiQL page, no CDN (api/graphiql.py)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return self.ide.response(request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -362,15 +411,23 @@ class GraphQLView(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         send = with_request_id(scope, send)
+        if wants_stream(scope):  # SSE and multipart: their own Accept and lifetime
+            await self.streams(scope, receive, send)
+            return
         started = time.perf_counter()
+        media = scope[MEDIA_KEY] = negotiate(accept_header(scope))
         try:
-            if self.fast is not None and scope["method"] == "POST":
-                replay = await self.fast(scope, receive, send)
+            if media is Media.UNACCEPTABLE and not _asks_for_ide(scope):
+                message = "Accept names neither application/graphql-response+json nor JSON"
+                await refusal(406, message, NOT_ACCEPTABLE, Media.JSON)(scope, receive, send)
+                return
+            if self.fast is not None and scope["method"] == "POST" and media in _FAST_MEDIA:
+                replay = await self.fast(scope, receive, send, media)
                 if replay is None:
                     return
                 receive = replay
             self.metrics.http_strawberry.inc()
-            await super().__call__(scope, receive, send)
+            await self._stock(scope, receive, send, media)
         except RateLimited as exc:  # raised before anything was sent (get_context, admit)
             # Tarpit: a keep-alive connection that floods over its rate gets one
             # answer per tarpit period, so refusing it stops costing the server CPU
@@ -379,9 +436,26 @@ class GraphQLView(GraphQL[Context, None]):
             if exc.retry_after:
                 delay = min(self.tarpit_seconds, exc.retry_after)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            await _too_many_requests(exc)(scope, receive, send)
+            await _too_many_requests(exc, media_of(scope))(scope, receive, send)
         finally:
             self.metrics.http_duration.observe(time.perf_counter() - started)
+
+    async def _stock(self, scope: Scope, receive: Receive, send: Send, media: Media) -> None:
+        """Strawberry's HTTP handling (its ``GraphQL.__call__``), answering in the
+        negotiated media type (``api/media.py``) and refusing with a coded JSON error
+        where Strawberry answers with text."""
+        try:
+            response = await self.run(Request(scope, receive))
+        except HTTPException as exc:
+            response = _json_refusal(exc, media_of(scope))
+        else:
+            # Strawberry's result responses are application/json; the IDE's page and
+            # streams are left as they are.
+            if media is Media.GRAPHQL_RESPONSE and response.media_type == "application/json":
+                response.headers["content-type"] = media.value
+                if scope.get(REQUEST_ERROR_KEY):
+                    response.status_code = 400
+        await response(scope, receive, send)
 
     async def admit_mutation(self, context: Context, operation: OperationDefinitionNode) -> None:
         """Count a mutation's root fields against its viewer's rate (an anonymous one
@@ -407,6 +481,11 @@ class GraphQLView(GraphQL[Context, None]):
         """Strawberry's HTTP path (``api/http_fast.py`` admits its own): mutations are
         admitted before any of the request executes."""
         for data in request_data if isinstance(request_data, list) else [request_data]:
+            kind = self.planner.operation_type(data.query, data.operation_name)
+            if kind is OperationType.SUBSCRIPTION and data.protocol == "http":
+                # A plain JSON response cannot carry a stream: say how to get one
+                # (Strawberry would run it as a query and answer "Unexpected error.").
+                raise HTTPException(400, SUBSCRIPTION_NEEDS_STREAM)
             payload = {"query": data.query, "operationName": data.operation_name}
             planned = self.planner.operation(payload)  # cached; None: not a valid query/mutation
             if planned is not None and planned.operation.operation is OperationType.MUTATION:
@@ -428,8 +507,45 @@ class GraphQLView(GraphQL[Context, None]):
         if not isinstance(value, dict | list):  # Strawberry answered null or 42 with a 500
             raise HTTPException(400, "the request JSON must be an object")
         if suspect(data) and unsafe_text(value):
-            raise HTTPException(400, UNSAFE_TEXT)
+            raise BadInputHTTP(400, UNSAFE_TEXT)
         return value
+
+    async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Strawberry's, which checks the type of ``query``, ``variables`` and
+        ``extensions`` but took any ``operationName`` (``0`` was "Unknown operation
+        named 0"): a request whose ``operationName`` is not a string is malformed."""
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if not isinstance(item.operation_name, str | None):
+                raise HTTPException(
+                    400,
+                    "The GraphQL operation's `operationName` must be a string or null, "
+                    "if provided.",
+                )
+        return data
+
+    async def execute_single(  # noqa: PLR0917 - Strawberry's signature
+        self,
+        request: Request,
+        request_adapter: Any,
+        sub_response: Any,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """An operation name that names no operation (or none where the document has
+        several) is a GraphQL request error with a code, answered like a validation
+        error (``api/media.py``), not Strawberry's text/plain 400."""
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except HTTPException as exc:
+            if not isinstance(exc.__cause__, CannotGetOperationTypeError):
+                raise
+            error = GraphQLError(exc.reason, extensions={"code": OPERATION_RESOLUTION_FAILURE})
+            self.schema.process_errors([error])
+            return ExecutionResult(data=None, errors=[error])
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -438,7 +554,12 @@ class GraphQLView(GraphQL[Context, None]):
         # skips it and Strawberry would answer with the exception's own message.
         if result.errors:
             result.errors = [masked(e) for e in result.errors]
-        return await super().process_result(request, result)
+        response = await super().process_result(request, result)
+        if status_for(media_of(request.scope), result.data, result.errors or ()) != 200:
+            # A request error as application/graphql-response+json: 400, no data entry.
+            request.scope[REQUEST_ERROR_KEY] = True
+            response.pop("data", None)
+        return response
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         # The lifespan's state and the header straight from the ASGI scope: Starlette's
@@ -472,6 +593,8 @@ class GraphQLView(GraphQL[Context, None]):
             )
             if throttled is not None:
                 raise Refused(TOO_MANY, TOO_MANY_AUTH_FAILURES) from exc
+            if isinstance(exc, TokenExpired):
+                raise ExpiredAtInit(exc.reason) from exc
             raise ConnectionRejectionError({"message": exc.reason, "code": "FORBIDDEN"}) from exc
         if not self.admission.open_subject(viewer):
             context.viewer = viewer  # the row names who; no subject slot was taken
@@ -481,12 +604,11 @@ class GraphQLView(GraphQL[Context, None]):
         context.viewer = viewer  # from here on the subject's slot is released at close
         emit(services, viewer, "auth.login", {"transport": "websocket"})
         ws_opened(context)
-        if viewer.expires_at is not None and isinstance(context.request, WebSocket):
-            delay = (viewer.expires_at - datetime.now(UTC)).total_seconds()
-            # A timer, not a sleeping task: one per connection for the token's lifetime.
-            websocket = context.request
-            context.expiry = asyncio.get_running_loop().call_later(
-                max(delay, 0.0), lambda: context.services.connections.close_expired(websocket)
+        if isinstance(context.request, WebSocket):
+            # Accepted means verify() found exp + leeway ahead: the connection lives
+            # until then, unless refreshConnectionToken moves it (resolvers/connection.py).
+            context.expiry = services.connections.expire_at(
+                context.request, services.tokens.deadline(viewer)
             )
         return UnsetType()  # the singleton UNSET; means "ack without payload"
 
@@ -513,12 +635,46 @@ class GraphQLView(GraphQL[Context, None]):
         return throttled
 
 
-def _too_many_requests(exc: RateLimited) -> Response:
-    """HTTP 429 with ``Retry-After`` and the error in a GraphQL response body."""
+def _too_many_requests(exc: RateLimited, media: Media = Media.JSON) -> Response:
+    """HTTP 429 with ``Retry-After`` and the error in a GraphQL response body (with
+    no ``data`` entry as application/graphql-response+json: nothing ran)."""
     error = GraphQLError(str(exc), extensions=exc.extensions)
     headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
-    body = COMPACT_JSON.encode({"data": None, "errors": [error.formatted]})
-    return Response(body, status_code=429, media_type="application/json", headers=headers)
+    body: dict[str, object] = {"errors": [error.formatted]}
+    if media is not Media.GRAPHQL_RESPONSE:
+        body = {"data": None, **body}
+        media = Media.JSON
+    content = COMPACT_JSON.encode(body)
+    return Response(content, status_code=429, media_type=media.value, headers=headers)
+
+
+class BadInputHTTP(HTTPException):
+    """A request refused for a value no store takes: ``BAD_INPUT``, as the WebSocket
+    protocols answer it, not ``BAD_REQUEST``."""
+
+
+# The media types api/http_fast.py answers; the others go to Strawberry's view.
+_FAST_MEDIA = frozenset({Media.JSON, Media.GRAPHQL_RESPONSE})
+
+
+def _json_refusal(exc: HTTPException, media: Media) -> Response:
+    """Strawberry's refusal of a request that is not a GraphQL request it can run,
+    as a coded JSON error instead of its text/plain reason. A mutation over GET is
+    405 with ``Allow: POST``, as the GraphQL-over-HTTP spec requires."""
+    if isinstance(exc.__cause__, InvalidOperationTypeError):
+        return refusal(405, exc.reason, METHOD_NOT_ALLOWED, media, {"Allow": "POST"})
+    if exc.status_code == 405:
+        return refusal(405, exc.reason, METHOD_NOT_ALLOWED, media, {"Allow": "GET, POST"})
+    code = "BAD_INPUT" if isinstance(exc, BadInputHTTP) else BAD_REQUEST
+    if exc.status_code == 404:
+        code = "NOT_FOUND"
+    return refusal(exc.status_code, exc.reason, code, media)
+
+
+def _asks_for_ide(scope: Scope) -> bool:
+    """A GET without a query: Strawberry serves GraphiQL to a browser (whose Accept
+    names text/html) and refuses anything else itself."""
+    return scope["method"] == "GET" and "query" not in QueryParams(scope["query_string"])
 
 
 def _authorization(scope: Scope) -> str | None:

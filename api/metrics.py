@@ -23,6 +23,12 @@ class Metrics:
         self.connections = Gauge(
             "edumatrix_websocket_connections", "Open GraphQL WebSocket connections", registry=r
         )
+        self.http_streams = Gauge(
+            "edumatrix_http_streams",
+            "Open HTTP streams: SSE (either graphql-sse mode) and multipart subscriptions",
+            ["transport"],
+            registry=r,
+        )
         self.subscriptions = Gauge(
             "edumatrix_subscriptions", "Active subscriptions", ["kind"], registry=r
         )

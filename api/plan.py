@@ -262,6 +262,11 @@ class Planner:
             return None
         return self._kinds(query, operation_name)
 
+    def request(self, payload: object) -> Request | None:
+        """The valid operation (of any type) a GraphQL request payload names; None
+        if it does not parse, validate or name one (within the token limit)."""
+        return self._request(payload)
+
     def operation(self, payload: object) -> Request | None:
         """A query or mutation that may skip Strawberry's HTTP view (``api.http_fast``)."""
         request = self._request(payload)

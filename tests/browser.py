@@ -57,7 +57,11 @@ async def browser() -> AsyncIterator[Browser]:
 @asynccontextmanager
 async def offline_page(instance: Browser) -> AsyncIterator[tuple[Page, Requests]]:
     """A page in a fresh context whose non-loopback requests are recorded and aborted
-    (WebSockets included: Playwright routes their handshakes separately)."""
+    (WebSockets included: Playwright routes their handshakes separately).
+
+    Not for CORS tests: once a route is registered, Playwright answers CORS
+    preflights itself with allow-all, so they never reach the server
+    (tests/integration/test_cors_browser.py uses an unrouted page instead)."""
     context = await instance.new_context()
     requests = Requests()
 

@@ -129,3 +129,27 @@ async def test_a_star_admits_any_origin(tmp_path_factory: pytest.TempPathFactory
             assert ws.subprotocol == "graphql-transport-ws"
     finally:
         server.stop()
+
+
+def test_single_connection_sse_preflight_is_allowed(server: ServerProcess) -> None:
+    """graphql-sse's single connection mode reserves with PUT, stops with DELETE and
+    sends its stream token in a header: a page on an allowed origin may do all three."""
+    for method in ("PUT", "DELETE"):
+        allowed = httpx.options(
+            f"{server.url}/graphql",
+            headers={
+                "Origin": APP,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": "authorization, x-graphql-event-stream-token",
+            },
+        )
+        assert allowed.status_code == 200, (method, allowed.text)
+        assert method in allowed.headers["access-control-allow-methods"]
+        headers = allowed.headers["access-control-allow-headers"].lower()
+        assert "x-graphql-event-stream-token" in headers
+    reserved = httpx.put(
+        f"{server.url}/graphql",
+        headers={"Origin": APP, "Authorization": f"Bearer {token('nw-cy')}"},
+    )
+    assert reserved.status_code == 201
+    assert reserved.headers["access-control-allow-origin"] == APP
