@@ -13,6 +13,7 @@ a shared machine. See bench/README.md for what each number means.
         --database-url postgresql://postgres@127.0.0.1:5432/postgres   # cluster mode
     python bench/fanout.py --quick --server ours --fast-paths off   # stock library paths
     python bench/fanout.py --quick --server ours --tree /tmp/before  # another worktree
+    python bench/fanout.py --quick --transport sse   # subscribers over graphql-sse (ours only)
 
 Exit status 1 when any subscriber lost, duplicated or reordered a message, or was
 closed by the server during a measured phase: a correctness check, not a timing one.
@@ -33,12 +34,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from report import markdown, problems
+from report import TRANSPORT_NAMES, markdown, problems
 from scenarios import Plan, ServerRun
 from servers import BENCH, STOCK_ENV, Server, fast_paths_on, node_client, postgres_admin_url, redact
 
 DATABASES = {"sqlite": "SQLite", "postgres": "Postgres"}
 BUSES = {"memory": "memory bus", "redis": "Redis"}
+TRANSPORTS = {"ws": "graphql-transport-ws", "sse": "SSE, distinct connections"}
+# The baseline is Strawberry's GraphQL view with its default subscription_protocols
+# (the two WebSocket ones): it does not answer `Accept: text/event-stream`.
+BASELINE_TRANSPORTS = ("ws",)
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -53,6 +58,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             setattr(plan, name, value)
     plan.client_cpu = (os.cpu_count() or 2) - 1
     plan.client = args.client
+    plan.transport = args.transport
     plan.database = "postgres" if args.database_url else "sqlite"
     plan.bus = "redis" if args.redis_url else "memory"
     plan.fast_paths = args.fast_paths
@@ -74,18 +80,20 @@ def server_label(kind: str, plan: Plan, workers: int) -> str:
         label = f"ours: {DATABASES[plan.database]} + {BUSES[plan.bus]}"
         label += f", {workers} workers" if workers > 1 else ""
         label += ", fast paths off" if plan.fast_paths == "off" else ""
+        label += ", over SSE" if plan.transport == "sse" else ""
         return label + (f", tree {plan.tree}" if plan.tree else "")
     return kind + (f" ({workers} workers + Redis)" if workers > 1 else "")
 
 
-def choose_client(requested: str | None) -> tuple[str, dict[str, str]]:
+def choose_client(requested: str | None, transport: str = "ws") -> tuple[str, dict[str, str]]:
     """The subscriber shard to use and its versions: Node's graphql-ws when it can run.
 
     The issue measures with a Node graphql-ws client; the Python shard is the
     fallback, and at 5,000 subscribers it needs a whole core (so latency there
-    measures the client): say so whenever it is used by default.
+    measures the client): say so whenever it is used by default. Over SSE the Node
+    shard runs graphql-sse's client, the Python shard httpx.
     """
-    versions, why_not = node_client()
+    versions, why_not = node_client(transport)
     if requested == "node" and versions is None:
         raise SystemExit(f"[bench] --client node: {why_not}")
     if requested == "python" or versions is None:
@@ -93,7 +101,8 @@ def choose_client(requested: str | None) -> tuple[str, dict[str, str]]:
             print(f"[bench] using the Python subscriber shard: {why_not}. It saturates the "
                   "client core near 50k deliveries/s, so large-N latency measures the client.",
                   file=sys.stderr)  # fmt: skip
-        return "python", {"python": platform.python_version(), "websockets": version("websockets")}
+        library = "httpx" if transport == "sse" else "websockets"
+        return "python", {"python": platform.python_version(), library: version(library)}
     return "node", versions
 
 
@@ -154,7 +163,11 @@ async def run_one(kind: str, args: argparse.Namespace, plan: Plan) -> dict[str, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small N, a few seconds each")
-    parser.add_argument("--server", choices=["ours", "baseline", "both"], default="both")
+    parser.add_argument(
+        "--server",
+        choices=["ours", "baseline", "both"],
+        help="default both (ours alone with --transport sse: the baseline has no SSE)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes (needs Redis)")
     parser.add_argument("--redis-url", default=None, help="shared bus for both servers")
     parser.add_argument(
@@ -175,7 +188,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client",
         choices=["node", "python"],
-        help="subscriber shards: node = graphql-ws (default when installed), python = websockets",
+        help="subscriber shards: node = graphql-ws or graphql-sse (default when installed), "
+        "python = websockets or httpx",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=["ws", "sse"],
+        default="ws",
+        help="how the subscribers subscribe: ws = graphql-transport-ws, "
+        "sse = graphql-sse distinct connections (POST with Accept: text/event-stream)",
     )
     parser.add_argument(
         "--fast-paths",
@@ -184,8 +205,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ours: off runs it with EDUMATRIX_FAST_PATHS=false (the stock library paths)",
     )
     parser.add_argument("--tree", type=Path, help="ours: run it from this source tree")
-    parser.add_argument("--out", type=Path, help="JSON results (default bench/results/<date>.json)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON results (default bench/results/<date>[-quick][-sse].json)"
+    )
     args = parser.parse_args(argv)
+    if args.server is None:
+        args.server = "both" if args.transport in BASELINE_TRANSPORTS else "ours"
+    elif args.server != "ours" and args.transport not in BASELINE_TRANSPORTS:
+        parser.error(f"--transport {args.transport}: the baseline does not serve it (it has "
+                     "Strawberry's default subscription protocols); use --server ours")  # fmt: skip
     if args.tree and not (args.tree / "api" / "app.py").is_file():
         parser.error(f"--tree: {args.tree} is not a source tree of this project (no api/app.py)")
     if args.workers > 1 and not args.redis_url:
@@ -202,8 +230,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.client, client_versions = choose_client(args.client)
+    args.client, client_versions = choose_client(args.client, args.transport)
     plan = build_plan(args)
+    if args.transport not in BASELINE_TRANSPORTS:
+        print(f"[bench] subscribers over {TRANSPORTS[args.transport]}: our server only, "
+              "the baseline does not serve it", file=sys.stderr)  # fmt: skip
     os.sched_setaffinity(0, {plan.client_cpu})  # shards pin themselves too (Node via taskset)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -212,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = machine()["loadavg_1m"]
     runs = {kind: asyncio.run(run_one(kind, args, plan)) for kind in kinds}
 
-    out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    suffix = "-quick" if args.quick else ""
+    suffix += "" if args.transport == "ws" else f"-{args.transport}"
+    out = args.out or BENCH / "results" / f"{started:%Y-%m-%d}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     given = argv if argv is not None else sys.argv[1:]
     command = "python bench/fanout.py " + " ".join(redact_arg(a) for a in given)
@@ -228,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{started:%Y-%m-%d %H:%M} UTC · {command.strip()} · {machine()['cpu']}, "
           f"nproc {os.cpu_count()} · rate {plan.rate:g}/s · results in {out}\n")  # fmt: skip
-    names = {"subs": f"{plan.subs:,}", "large": f"{plan.large_subs:,}", "rate": f"{plan.rate:g}/s"}
-    client = f"{args.client} client: " + ", ".join(f"{k} {v}" for k, v in client_versions.items())
+    names = {"subs": f"{plan.subs:,}", "large": f"{plan.large_subs:,}", "rate": f"{plan.rate:g}/s",
+             **TRANSPORT_NAMES[plan.transport]}  # fmt: skip
+    over = "" if plan.transport == "ws" else f" over {TRANSPORTS[plan.transport]}"
+    client = f"{args.client} client{over}: " + ", ".join(
+        f"{k} {v}" for k, v in client_versions.items()
+    )
     label = functools.partial(server_label, plan=plan, workers=args.workers)
     print(markdown(runs, names, label, metric=f"metric ({client})"))
     failures = {kind: problems(r) for kind, r in runs.items()}

@@ -55,7 +55,11 @@ def raise_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
-def node_client() -> tuple[dict[str, str] | None, str]:
+# The packages each transport of the Node shard loads (bench/node/ws.mjs, sse.mjs).
+NODE_PACKAGES = {"ws": ("graphql", "graphql-ws", "ws"), "sse": ("graphql-sse",)}
+
+
+def node_client(transport: str = "ws") -> tuple[dict[str, str] | None, str]:
     """The Node shard's versions if it can run here, else None and the reason why not."""
     node = shutil.which("node")
     if node is None:
@@ -69,8 +73,7 @@ def node_client() -> tuple[dict[str, str] | None, str]:
     if int(version.lstrip("v").split(".")[0] or 0) < 20:
         return None, f"node {version} is older than 20 (graphql-ws needs >= 20)"
     versions = {"node": version}
-    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
-    for name in wanted:
+    for name in NODE_PACKAGES[transport]:
         manifest = NODE_DIR / "node_modules" / name / "package.json"
         if not manifest.exists():
             return None, (
@@ -350,16 +353,27 @@ class ShardProcess:
 
     @classmethod
     async def start(
-        cls, url: str, tok: str, channel: str, count: int, cpu: int, client: str = "python"
+        cls,
+        url: str,
+        tok: str,
+        channel: str,
+        count: int,
+        cpu: int,
+        client: str = "python",
+        transport: str = "ws",
     ) -> ShardProcess:
         """Start a shard: ``python`` (subscribers.py) or ``node`` (node/shard.mjs).
 
         Both take the same arguments and speak the same JSON lines. The Python shard
         pins itself and raises its own file limit; Node can do neither, so it runs
         under ``taskset`` and inherits the limit raised here (children inherit it).
+        ``transport`` is ``ws`` (graphql-transport-ws, ``url`` is ``ws://``) or ``sse``
+        (graphql-sse distinct connections, ``url`` is ``http://``).
         """
         shard_args = ["--url", url, "--token", tok, "--channel", channel,
                       "--count", str(count), "--cpu", str(cpu)]  # fmt: skip
+        if transport != "ws":
+            shard_args += ["--transport", transport]
         if client == "node":
             raise_nofile(count + 256)
             cmd = ["taskset", "-c", str(cpu), "node", str(NODE_SHARD), *shard_args]

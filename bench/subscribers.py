@@ -1,4 +1,5 @@
-"""One subscriber shard: many graphql-transport-ws connections in one asyncio process.
+"""One subscriber shard: many graphql-transport-ws connections in one asyncio process
+(or, with ``--transport sse``, many graphql-sse event streams).
 
 Why a separate process: the driver publishes and samples the server while the
 subscribers receive; keeping them apart means a busy receive loop cannot delay a
@@ -11,6 +12,11 @@ before the publish request was written; Linux's monotonic clock is system-wide,
 so it compares across processes). Latency is receipt minus that. Loss and
 duplication are checked per subscriber against the seqs the driver says were
 acknowledged, and offsets are checked for repeats, gaps and reordering.
+
+Over SSE each subscriber is one ``POST /graphql`` with ``Accept: text/event-stream``
+(graphql-sse's distinct connections mode) on an httpx client whose pool has no
+connection cap: httpx's default of 100 connections would queue the 101st stream
+until a pool timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -33,6 +40,7 @@ SUBSCRIPTION = (
     "publishedAt recovered announcement{ id title body priority } } }"
 )
 PROGRESS_EVERY = 0.1
+OPEN_TIMEOUT = 30.0  # connect + ack (ws) or response headers (sse)
 
 
 @dataclass
@@ -51,6 +59,9 @@ class Shard:
         self.args = args
         self.subs: list[Sub] = []
         self.sockets: list[ClientConnection] = []
+        self.streams: list[httpx.Response] = []
+        self.http: httpx.AsyncClient | None = None  # --transport sse
+        self.closing = False  # we are ending the streams: their end is not the server's
         self.phase = ""
         self.latencies: list[float] = []
         self.received = 0
@@ -74,12 +85,12 @@ class Shard:
                     subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
                     compression="deflate" if self.args.deflate else None,
                     ping_interval=None,
-                    open_timeout=30,
+                    open_timeout=OPEN_TIMEOUT,
                     max_queue=None,
                 )
                 init = {"authorization": f"Bearer {self.args.token}"}
                 await ws.send(json.dumps({"type": "connection_init", "payload": init}))
-                ack = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                ack = json.loads(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
                 if ack.get("type") != "connection_ack":
                     raise RuntimeError(f"no ack: {ack}")
             except Exception as exc:  # counted, not fatal: the report says how many
@@ -101,6 +112,24 @@ class Shard:
             self.sockets.append(ws)
             self.tasks.append(asyncio.create_task(self._read(ws, sub)))
 
+    def _next(self, sub: Sub, payload: dict[str, Any], now: int) -> None:
+        """One delivery (a ``next`` payload), whichever the transport: the hot path."""
+        event = (payload.get("data") or {}).get("channel")
+        if payload.get("errors") or not event:
+            sub.errors += 1
+            return
+        sub.live = True
+        phase, seq, sent = event["announcement"]["title"].split("|")
+        if phase != self.phase:
+            return
+        sub.offsets.append(event["offset"])
+        sub.seqs.append(int(seq))
+        self.latencies.append((now - int(sent)) / 1e6)
+        self.received += 1
+        if not self.first_ns:
+            self.first_ns = now
+        self.last_ns = now
+
     async def _read(self, ws: ClientConnection, sub: Sub) -> None:
         """The hot loop: stay cheap, the client core must outrun the server core."""
         loads = json.loads
@@ -110,22 +139,7 @@ class Shard:
                 msg = loads(raw)
                 kind = msg["type"]
                 if kind == "next":
-                    payload = msg["payload"]
-                    event = (payload.get("data") or {}).get("channel")
-                    if payload.get("errors") or not event:
-                        sub.errors += 1
-                        continue
-                    sub.live = True
-                    phase, seq, sent = event["announcement"]["title"].split("|")
-                    if phase != self.phase:
-                        continue
-                    sub.offsets.append(event["offset"])
-                    sub.seqs.append(int(seq))
-                    self.latencies.append((now - int(sent)) / 1e6)
-                    self.received += 1
-                    if not self.first_ns:
-                        self.first_ns = now
-                    self.last_ns = now
+                    self._next(sub, msg["payload"], now)
                 elif kind == "ping":
                     await ws.send('{"type":"pong"}')
                 elif kind in ("error", "complete"):
@@ -137,12 +151,78 @@ class Shard:
         if sub.close is None:
             sub.close = f"{rcvd.code} {rcvd.reason}" if rcvd else "closed without a close frame"
 
+    async def _open_sse(self, sem: asyncio.Semaphore, handshakes: list[float]) -> None:
+        """One graphql-sse stream (distinct connections mode): open once the server
+        answered 200 with ``text/event-stream``; anything else is a connect error."""
+        assert self.http is not None
+        body = {"query": SUBSCRIPTION, "variables": {"name": self.args.channel}}
+        headers = {"accept": "text/event-stream", "authorization": f"Bearer {self.args.token}"}
+        async with sem:
+            t0 = time.perf_counter()
+            request = self.http.build_request("POST", self.args.url, json=body, headers=headers)
+            response: httpx.Response | None = None
+            try:
+                response = await asyncio.wait_for(
+                    self.http.send(request, stream=True), OPEN_TIMEOUT
+                )
+                kind = response.headers.get("content-type", "")
+                if response.status_code != 200 or not kind.startswith("text/event-stream"):
+                    text = (await response.aread())[:120].decode(errors="replace")
+                    raise RuntimeError(f"{response.status_code} {kind}: {text}")
+            except Exception as exc:  # counted, not fatal: the report says how many
+                if response is not None:
+                    await response.aclose()
+                self.emit({"event": "connect_error", "error": repr(exc)[:200]})
+                return
+            handshakes.append(time.perf_counter() - t0)
+        sub = Sub()
+        self.subs.append(sub)
+        self.streams.append(response)
+        self.tasks.append(asyncio.create_task(self._read_sse(response, sub)))
+
+    async def _read_sse(self, response: httpx.Response, sub: Sub) -> None:
+        """The SSE hot loop: ``event:`` and ``data:`` lines, dispatched at the blank
+        line that ends each event; ``:`` comments (heartbeats) are skipped."""
+        loads = json.loads
+        event, data = "", ""
+        try:
+            async for line in response.aiter_lines():
+                if line:
+                    if line.startswith("data:"):
+                        data = line[5:].lstrip() if not data else f"{data}\n{line[5:].lstrip()}"
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    continue
+                if event == "next":
+                    self._next(sub, loads(data), time.monotonic_ns())
+                elif event == "complete":
+                    if not self.closing:
+                        sub.errors += 1
+                        sub.close = "complete"
+                    return
+                event, data = "", ""
+        except httpx.HTTPError as exc:
+            if sub.close is None and not self.closing:
+                sub.close = f"stream error {exc!r}"[:160]
+            return
+        if sub.close is None and not self.closing:
+            sub.close = "stream ended without complete"
+
     async def connect_all(self) -> None:
         sem = asyncio.Semaphore(self.args.concurrency)
         handshakes: list[float] = []
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        await asyncio.gather(*(self._open(sem, handshakes) for _ in range(self.args.count)))
+        if self.args.transport == "sse":
+            self.http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+                timeout=httpx.Timeout(OPEN_TIMEOUT, read=None),  # streams idle between events
+                trust_env=False,  # loopback only: no proxy from the environment
+            )
+            opens = (self._open_sse(sem, handshakes) for _ in range(self.args.count))
+        else:
+            opens = (self._open(sem, handshakes) for _ in range(self.args.count))
+        await asyncio.gather(*opens)
         wall = time.perf_counter() - t0
         handshakes.sort()
         self.emit(
@@ -225,9 +305,14 @@ class Shard:
                     break
         finally:
             ticker.cancel()
+            self.closing = True
             await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
             for task in self.tasks:
                 task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*(r.aclose() for r in self.streams), return_exceptions=True)
+            if self.http is not None:
+                await self.http.aclose()
             self.emit({"event": "closed"})
 
 
@@ -240,6 +325,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes in flight")
     parser.add_argument("--cpu", type=int, default=None, help="pin this shard to one core")
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    parser.add_argument(
+        "--transport",
+        choices=["ws", "sse"],
+        default="ws",
+        help="ws = graphql-transport-ws (--url ws://...), sse = graphql-sse (--url http://...)",
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})

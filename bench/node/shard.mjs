@@ -1,4 +1,5 @@
-// One subscriber shard in Node: N graphql-ws clients (over the `ws` package) in one process.
+// One subscriber shard in Node: N graphql-ws clients (over the `ws` package), or N
+// graphql-sse streams with --transport sse, in one process.
 //
 // Why this exists: at 5,000 subscribers x 10 msg/s the Python shard
 // (bench/subscribers.py) needs a whole core and the latency then measures the
@@ -13,24 +14,20 @@
 // in the driver. process.hrtime.bigint() reads the same CLOCK_MONOTONIC (libuv's
 // uv_hrtime), so receipt minus t_ns is the latency across processes.
 //
-// One createClient() per connection (lazy: false), operation ids as the library
-// assigns them, connectionParams {authorization: "Bearer <token>"}. The library
-// answers pings with pongs. It is told never to reconnect: a silent reconnect would
-// hide a server-side close, which the benchmark must report.
+// The transport lives in its own module, each with one `open()` (ws.mjs:
+// graphql-transport-ws; sse.mjs: graphql-sse, distinct connections mode); only the
+// chosen one is loaded, so a ws run does not need graphql-sse and the other way round.
 //
 // Node cannot set its own CPU affinity: the driver starts this under `taskset -c`.
 // --cpu is accepted so both shards take the same arguments.
 
 import { parseArgs } from "node:util";
 import { createInterface } from "node:readline";
-import { createClient } from "graphql-ws";
-import WebSocket from "ws";
 
 const SUBSCRIPTION =
   "subscription($name:String!){ channel(name:$name){ offset epoch channel kind " +
   "publishedAt recovered announcement{ id title body priority } } }";
 const PROGRESS_EVERY_MS = 100;
-const TIMEOUT_MS = 30_000; // open and ack, like open_timeout=30 / wait_for(recv, 30)
 const CLOSE_WAIT_MS = 10_000; // websockets' default close_timeout
 
 const { values: args } = parseArgs({
@@ -42,6 +39,7 @@ const { values: args } = parseArgs({
     concurrency: { type: "string", default: "50" },
     cpu: { type: "string" },
     deflate: { type: "boolean", default: false },
+    transport: { type: "string", default: "ws" },
   },
 });
 for (const name of ["url", "token", "channel", "count"]) {
@@ -50,17 +48,13 @@ for (const name of ["url", "token", "channel", "count"]) {
     process.exit(2);
   }
 }
+if (!["ws", "sse"].includes(args.transport)) {
+  process.stderr.write(`shard.mjs: --transport must be ws or sse, not ${args.transport}\n`);
+  process.exit(2);
+}
 const COUNT = Number.parseInt(args.count, 10);
 const CONCURRENCY = Number.parseInt(args.concurrency, 10);
-
-// The graphql-ws client builds its socket as `new Impl(url, protocol)`; options
-// go in through a subclass. No permessage-deflate unless asked, like the Python
-// shard (ws would offer it by default).
-class Socket extends WebSocket {
-  constructor(url, protocols) {
-    super(url, protocols, { perMessageDeflate: args.deflate, handshakeTimeout: TIMEOUT_MS });
-  }
-}
+const transport = await import(args.transport === "sse" ? "./sse.mjs" : "./ws.mjs");
 
 // -- output ---------------------------------------------------------------------------
 process.stdout.on("error", () => process.exit(1)); // the driver is gone: nobody to report to
@@ -75,18 +69,13 @@ let received = 0;
 let firstNs = 0n;
 let lastNs = 0n;
 const subs = []; // connected subscribers only, like subscribers.py
-const clients = [];
+const connections = []; // what transport.open() resolved with, one per sub: {dispose}
 
 function newSub() {
   // offsets/seqs of the current phase; live: received anything since connecting;
-  // close: "code reason" once the server closed us (or "error ..."/"complete").
-  return { offsets: [], seqs: [], live: false, close: null, errors: 0, closedEvent: null };
-}
-
-function closeText(event) {
-  // ws reports 1006 when no close frame arrived (the socket just ended).
-  if (!event || event.code === 1006) return "closed without a close frame";
-  return `${event.code} ${event.reason ?? ""}`;
+  // close: why the server ended it ("code reason", "error ...", "complete"), set
+  // once by the transport; ended: the connection is gone (whoever closed it).
+  return { offsets: [], seqs: [], live: false, close: null, errors: 0, ended: false };
 }
 
 // The hot path: one call per delivery. Stay cheap, the client core must outrun the server.
@@ -110,72 +99,19 @@ function onNext(sub, payload) {
   lastNs = now;
 }
 
-// Open one connection: resolves once acked (the subscribe follows) or failed.
-function open(handshakes) {
-  return new Promise((resolve) => {
-    const sub = newSub();
-    let connected = false;
-    let settled = false;
-    const t0 = process.hrtime.bigint();
-    const fail = (why) => {
-      if (settled) return;
-      settled = true;
-      emit({ event: "connect_error", error: String(why).slice(0, 200) });
-      client.dispose().catch(() => {});
-      resolve();
-    };
-    const client = createClient({
-      url: args.url,
-      webSocketImpl: Socket,
-      lazy: false,
-      connectionParams: { authorization: `Bearer ${args.token}` },
-      connectionAckWaitTimeout: TIMEOUT_MS,
-      retryAttempts: 0,
-      shouldRetry: () => false,
-      onNonLazyError: () => {}, // reported through on.closed / on.error below
-      on: {
-        connected: () => {
-          connected = settled = true;
-          handshakes.push(Number(process.hrtime.bigint() - t0) / 1e6);
-          subs.push(sub);
-          clients.push(client);
-          resolve();
-        },
-        error: (err) => {
-          if (!connected) fail(err && err.message ? err.message : err);
-        },
-        closed: (event) => {
-          if (!connected) return fail(`closed before ack: ${closeText(event)}`);
-          sub.closedEvent = event;
-          if (sub.close === null) sub.close = closeText(event);
-          // A server close with 1000 would make the library reconnect while a
-          // subscription is active; disposing first stops that (it sets `disposed`).
-          client.dispose().catch(() => {});
-        },
-      },
-    });
-    client.subscribe(
-      { query: SUBSCRIPTION, variables: { name: args.channel } },
-      {
-        next: (payload) => onNext(sub, payload),
-        error: (err) => {
-          // An `error` message carries a list of GraphQL errors; a close event
-          // (already recorded by on.closed) comes here too when the socket ends.
-          if (Array.isArray(err)) {
-            sub.errors += 1;
-            if (sub.close === null) sub.close = `error ${JSON.stringify(err).slice(0, 120)}`;
-          }
-        },
-        complete: () => {
-          // Called for a server `complete` (socket still open) and after our own close.
-          if (connected && sub.closedEvent === null) {
-            sub.errors += 1;
-            if (sub.close === null) sub.close = "complete";
-          }
-        },
-      },
-    );
-  });
+// Open one connection (WebSocket or event stream) and subscribe; a failure is
+// reported and not retried, like subscribers.py.
+async function connectOne(handshakes) {
+  const sub = newSub();
+  const t0 = process.hrtime.bigint();
+  const outcome = await transport.open(args, SUBSCRIPTION, sub, (payload) => onNext(sub, payload));
+  if (typeof outcome === "string") {
+    emit({ event: "connect_error", error: outcome.slice(0, 200) });
+    return;
+  }
+  handshakes.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  subs.push(sub);
+  connections.push(outcome);
 }
 
 async function connectAll() {
@@ -186,7 +122,7 @@ async function connectAll() {
   async function worker() {
     while (next < COUNT) {
       next += 1;
-      await open(handshakes);
+      await connectOne(handshakes);
     }
   }
   await Promise.all(Array.from({ length: Math.min(CONCURRENCY, COUNT) }, worker));
@@ -276,10 +212,10 @@ function progress() {
 }
 
 async function closeAll() {
-  // Close every socket and wait for its close event, CLOSE_WAIT_MS at most.
-  await Promise.all(clients.map((c) => c.dispose().catch(() => {})));
+  // Close every connection and wait until each has ended, CLOSE_WAIT_MS at most.
+  await Promise.all(connections.map((c) => c.dispose()));
   const deadline = Date.now() + CLOSE_WAIT_MS;
-  while (Date.now() < deadline && subs.some((s) => s.closedEvent === null)) {
+  while (Date.now() < deadline && subs.some((s) => !s.ended)) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
