@@ -226,7 +226,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     )
     view.tarpit_seconds = settings.rate_limit_tarpit_seconds
     view.ide = GraphiQLPage(persist_headers=settings.graphiql_persist_headers)
-    view.streams = streams = HTTPStreams(view)
+    view.streams = streams = HTTPStreams(view, multiplex="multiplex" in fast)
     _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager

@@ -24,7 +24,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from graphql import GraphQLError, GraphQLSchema, execute
@@ -288,11 +288,30 @@ class Frames:
             frame = self._by_prefix[prefix] = text_frame(prefix + self.payload + b"}")
         return frame
 
+    def for_stream(self, key: bytes, build: Callable[[bytes], bytes]) -> bytes:
+        """The payload framed for an HTTP stream (``api.streaming``), once per ``key``:
+        every SSE subscriber of a group in one mode gets the same bytes."""
+        frame = self._by_prefix.get(key)
+        if frame is None:
+            frame = self._by_prefix[key] = build(self.payload)
+        return frame
+
+
+class FrameSink(Protocol):
+    """Where a member's frames go: a WebSocket's :class:`Outbox`, or an HTTP
+    stream's (``api.streaming.StreamOutbox``)."""
+
+    def push(self, frame: bytes) -> None: ...
+
+    async def push_paced(self, frame: bytes) -> None: ...
+
+    def overflow(self) -> None: ...
+
 
 @dataclass(eq=False, slots=True)
 class Member:
     op_id: str
-    outbox: Outbox
+    outbox: FrameSink
     prefix: bytes  # b'{"id":<op>,"type":"next","payload":'
     pending: list[tuple[Item, Frames]] | None = None  # live messages held during replay
     replay: asyncio.Task[None] | None = None
@@ -312,6 +331,10 @@ class Member:
 
     async def send_paced(self, payload: bytes) -> None:
         await self.outbox.push_paced(text_frame(self.prefix + payload + b"}"))
+
+    def ended_frames(self, error: ApiError) -> list[bytes]:
+        """What tells this member's client that the multiplexer ended it, and why."""
+        return [text_frame(frame.encode()) for frame in error_frames(self.op_id, error)]
 
     def offer(self, item: Item, frames: Frames) -> bool:
         """Send a live item unless the replay already covered it."""
@@ -526,8 +549,8 @@ class Multiplexer:
             self._tell_ended(member, error)
 
     def _tell_ended(self, member: Member, error: ApiError) -> None:
-        for frame in error_frames(member.op_id, error):
-            member.outbox.push(text_frame(frame.encode()))
+        for frame in member.ended_frames(error):
+            member.outbox.push(frame)
         if member.on_end is not None:
             member.on_end()
 

@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -55,9 +56,14 @@ from strawberry.types.graphql import OperationType as StrawberryOperationType
 from api.admission import TOO_MANY_CONNECTIONS
 from api.auditing import limit_hit
 from api.encoding import COMPACT_JSON
+from api.multiplex import Frames, Member
+from api.plan import Plan
+from resolvers.access import authorize
+from resolvers.emit import emit
 from schema.context import Context
-from schema.errors import RateLimited, masked
-from streams.acl import Viewer
+from schema.errors import ApiError, RateLimited, masked
+from streams.acl import Action, Viewer
+from streams.envelope import Position
 
 if TYPE_CHECKING:
     from api.graphql import GraphQLView
@@ -170,8 +176,11 @@ class Reservation:
 class HTTPStreams:
     """Every open HTTP stream and reservation of this process."""
 
-    def __init__(self, view: GraphQLView) -> None:
+    def __init__(self, view: GraphQLView, *, multiplex: bool = False) -> None:
+        """``multiplex``: the ``multiplex`` fast path is on (``api/accel``): channel
+        subscriptions the planner accepts join the WebSocket multiplexer's groups."""
         self._view = view
+        self._multiplex = multiplex
         self._reservations: dict[str, Reservation] = {}
         self._enders: set[Callable[[Ended], None]] = set()
         self.draining = False
@@ -337,8 +346,12 @@ class HTTPStreams:
             await _json(429, TOO_MANY_CONNECTIONS, "RATE_LIMITED")(scope, receive, send)
             return
         transport = _MULTIPART if multipart else _SSE
+        plan = self._view.planner.plan(payload) if self._multiplex else None
         try:
-            await self._serve(request, send, context, payload, transport)
+            if plan is not None:
+                await self._serve_multiplexed(request, send, context, plan, transport)
+            else:
+                await self._serve(request, send, context, payload, transport)
         finally:
             slots.release()
 
@@ -407,6 +420,96 @@ class HTTPStreams:
             for task in (producer, watcher, beats):
                 task.cancel()
             for task in (producer, watcher, beats):
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _serve_multiplexed(
+        self,
+        request: Request,
+        send: Send,
+        context: Context,
+        plan: Plan,
+        transport: SSETransport | MultipartSubscriptionTransport,
+    ) -> None:
+        """A channel subscription served by the multiplexer, as a WebSocket's is: each
+        message is executed and encoded once for its group, and this stream gets that
+        payload in its own framing (``StreamMember``). What the client sees is what
+        :meth:`_serve` sends for the same document."""
+        services = context.services
+        encode = self._view.encode_json_string
+        headers = [(k.lower().encode(), v.encode()) for k, v in transport.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def write(text: str) -> None:
+            await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+
+        if transport is _MULTIPART:
+            await write(f"\r\n--{transport.separator}")
+            await write(transport.heartbeat_message(encode))
+        try:
+            channel = await authorize(context, plan.name, Action.SUBSCRIBE)
+        except ApiError as exc:
+            error = masked(GraphQLError(str(exc), extensions=exc.extensions))
+            await write(transport.encode_next({"data": None, "errors": [error.formatted]}, encode))
+            await write(transport.encode_complete())
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        plan = replace(plan, channel=channel.name)
+        ended: asyncio.Future[Ended | None] = asyncio.get_running_loop().create_future()
+
+        def end(reason: Ended | None) -> None:
+            if not ended.done():
+                ended.set_result(reason)
+
+        outbox = StreamOutbox(send, services.mux.outbox_limit, lambda: end(Ended(*SLOW)))
+        member = StreamMember("", outbox, b"", build=_builder(transport))
+        member.on_end = lambda: end(None)  # the multiplexer ended it and said why
+        viewer = context.viewer
+        if viewer is not None:
+            self._view.admission.subject_operations.add(viewer.user_id, 1)
+        key = plan.group_key(context)
+        label = "multipart" if transport is _MULTIPART else "sse"
+        self._enders.add(end)
+        expiry = _schedule(context, end)
+        services.metrics.http_streams.labels(transport=label).inc()
+        emit(services, viewer, "subscription.start", {"channel": channel.name}, channel=channel)
+        since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
+        watcher = asyncio.create_task(_disconnected(request.receive))
+        beats = asyncio.create_task(
+            _beat(outbox.push_text, lambda: transport.heartbeat_message(encode))
+        )
+        try:
+            await services.mux.join(plan, context, member, since)
+            waiting: set[asyncio.Future[Any]] = {watcher, ended}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                return
+            reason = ended.result()
+            if reason is None:  # its frames (error, complete) are in the outbox
+                await outbox.drained()
+            else:
+                await services.mux.leave(key, member)
+                await outbox.stop()
+                if reason.code == SLOW[1]:
+                    services.metrics.slow_subscribers.inc()
+                await write(transport.encode_next(reason.payload, encode))
+                await write(transport.encode_complete())
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
+        finally:
+            self._enders.discard(end)
+            if expiry is not None:
+                expiry.cancel()
+            await services.mux.leave(key, member)
+            await outbox.stop()
+            services.metrics.http_streams.labels(transport=label).dec()
+            if viewer is not None:
+                self._view.admission.subject_operations.add(viewer.user_id, -1)
+            emit(services, viewer, "subscription.stop", {"channel": channel.name}, channel=channel)
+            for task in (watcher, beats):
+                task.cancel()
+            for task in (watcher, beats):
                 with suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -655,3 +758,135 @@ def _too_many(exc: RateLimited) -> Response:
 
 def _loads(view: GraphQLView, text: str | None) -> Any:
     return None if text is None else view.parse_json(text)
+
+
+class StreamOutbox:
+    """An HTTP stream's bounded queue of framed messages, for the multiplexer.
+
+    The multiplexer pushes synchronously while it fans out; a drain task writes what
+    is queued through ASGI ``send``, everything waiting in one write. A stream that
+    lets ``limit`` frames pile up is not reading: it is ended (``SLOW_CONSUMER``)
+    instead of slowing its group down, as a WebSocket's :class:`Outbox` is.
+    """
+
+    def __init__(self, send: Send, limit: int, on_overflow: Callable[[], None]) -> None:
+        self._send = send
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._frames: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.overflowed = False
+        self._stopped = False
+        self._task = asyncio.create_task(self._drain(), name="sse-outbox")
+
+    def push(self, frame: bytes) -> None:
+        if self.overflowed or self._stopped:
+            return
+        if len(self._frames) >= self._limit:
+            self.overflow()
+            return
+        self._frames.append(frame)
+        self._idle.clear()
+        self._wake.set()
+
+    async def push_text(self, text: str) -> None:
+        self.push(text.encode())
+
+    async def push_paced(self, frame: bytes) -> None:
+        """Push without overflowing: history replay waits for the stream instead."""
+        while len(self._frames) > self._limit // 2 and not (self.overflowed or self._stopped):
+            self._room.clear()
+            await self._room.wait()
+        self.push(frame)
+
+    def overflow(self) -> None:
+        if not self.overflowed:
+            self.overflowed = True
+            self._frames.clear()
+            self._room.set()
+            self._on_overflow()
+
+    async def drained(self, limit: float = 5.0) -> None:
+        """Wait (bounded) until everything pushed so far is written."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self._idle.wait()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._frames.clear()
+        self._room.set()
+        self._task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _drain(self) -> None:
+        frames = self._frames
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while frames:
+                body = frames.popleft() if len(frames) == 1 else b"".join(_take(frames))
+                await self._send({"type": "http.response.body", "body": body, "more_body": True})
+                self._room.set()
+            self._idle.set()
+
+
+def _take(frames: deque[bytes]) -> list[bytes]:
+    taken = list(frames)
+    frames.clear()
+    return taken
+
+
+@dataclass(eq=False, slots=True)
+class StreamMember(Member):
+    """A multiplexer member that is an HTTP stream: the group's payload framed as an
+    SSE ``next`` event or a multipart part, shared by every stream of the group."""
+
+    build: Callable[[bytes], bytes] = bytes
+
+    def send(self, frames: Frames) -> None:
+        self.outbox.push(frames.for_stream(_STREAM_KEYS[self.build], self.build))
+
+    async def send_paced(self, payload: bytes) -> None:
+        await self.outbox.push_paced(self.build(payload))
+
+    def ended_frames(self, error: ApiError) -> list[bytes]:
+        payload = {
+            "data": None,
+            "errors": [{"message": str(error), "extensions": error.extensions}],
+        }
+        body = COMPACT_JSON.encode(payload).encode()
+        return [self.build(body), _COMPLETE[self.build]]
+
+
+def _sse_next(payload: bytes) -> bytes:
+    return b"event: next\r\ndata: " + payload + b"\r\n\r\n"
+
+
+def _multipart_next(payload: bytes) -> bytes:
+    body = b'{"payload":' + payload + b"}"
+    return (
+        b"\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+        + b"\r\n--"
+        + _MULTIPART.separator.encode()
+    )
+
+
+_STREAM_KEYS: dict[Callable[[bytes], bytes], bytes] = {_sse_next: b"sse", _multipart_next: b"mp"}
+_COMPLETE: dict[Callable[[bytes], bytes], bytes] = {
+    _sse_next: _SSE.encode_complete().encode(),
+    _multipart_next: _MULTIPART.encode_complete().encode(),
+}
+
+
+def _builder(transport: SSETransport | MultipartSubscriptionTransport) -> Callable[[bytes], bytes]:
+    """The framing of ``transport`` for a payload already JSON-encoded by the group;
+    byte for byte what ``transport.encode_next`` gives for the same result."""
+    return _multipart_next if transport is _MULTIPART else _sse_next

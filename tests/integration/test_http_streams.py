@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from tests.node_clients import NodeProcess
-from tests.server import ServerProcess, token
+from tests.server import ServerProcess, stock_only, token
 
 MATH_101 = "institution:northwood:classroom:nw-math-101"
 SCI_201 = "institution:northwood:classroom:nw-sci-201"
@@ -295,3 +296,117 @@ def test_subscription_without_a_stream_says_how_to_get_one(embedded_server: Serv
     error = response.json()["errors"][0]
     assert error["extensions"]["code"] == "BAD_REQUEST"
     assert "text/event-stream" in error["message"]
+
+
+def gauge(server: ServerProcess, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_streams_of_one_channel_share_a_multiplexer_group(make_server: Any) -> None:
+    """With the multiplex fast path on, SSE and multipart subscribers of one document
+    join one group (executed and encoded once per message), beside a WebSocket's
+    operations; with it off they run Strawberry's path. Both ways deliver the same."""
+    server = own_server(make_server)
+    body = {"query": SUBSCRIBE, "variables": {"name": MATH_101}}
+    multipart = {"Accept": 'multipart/mixed;subscriptionSpec="1.0",application/json'}
+    async with (
+        sse(server, "nw-cy", body) as one,
+        sse(server, "nw-cy", body) as two,
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "POST", f"{server.url}/graphql", json=body, headers={**multipart, **auth("nw-cy")}
+        ) as three,
+    ):
+        assert (one.status_code, two.status_code, three.status_code) == (200, 200, 200)
+        await asyncio.sleep(0.5)
+        groups = gauge(server, "edumatrix_multiplex_groups")
+        assert gauge(server, "edumatrix_http_streams") >= 1
+        await asyncio.to_thread(publish, server, "shared")
+        first = await asyncio.wait_for(anext(events(one)), 10)
+        second = await asyncio.wait_for(anext(events(two)), 10)
+        part = b""
+        async for chunk in three.aiter_bytes():
+            part += chunk
+            if b'"shared"' in part:
+                break
+    assert groups == (0 if stock_only() else 1)
+    for kind, data in (first, second):
+        assert kind == "next"
+        assert data["data"]["channel"]["announcement"]["title"] == "shared"
+    assert b'{"payload":{"data":{"channel":' in part
+
+
+async def test_a_stream_that_stops_reading_ends_with_slow_consumer(make_server: Any) -> None:
+    """A subscriber whose backlog reaches EDUMATRIX_SUBSCRIBER_QUEUE_SIZE is ended
+    with SLOW_CONSUMER (then complete) instead of growing memory or holding others up;
+    a reading subscriber of the same channel gets every message."""
+    # Loopback's kernel buffers take up to 4 MB before the server's writes back up:
+    # publish ~6 MB, 50 announcements of ~10 KB per request.
+    server = own_server(make_server, subscriber_queue_size="4", max_aliases="60")
+    body = json.dumps({"query": WITH_BODY, "variables": {"name": MATH_101}}).encode()
+    sock = socket.socket()  # a client that reads nothing
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    request = (
+        f"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {token('nw-cy')}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    writer.write(request + body)
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    batches, per_batch = 12, 50
+    total = batches * per_batch
+    fields = " ".join(
+        f'p{i}: publishAnnouncement(input: {{channel: $channel, title: "m{i}", body: $body,'
+        " priority: LOW}) { id }"
+        for i in range(per_batch)
+    )
+    publish_many = f"mutation ($channel: String!, $body: String!) {{ {fields} }}"
+    variables = {"channel": MATH_101, "body": "x" * 9900}
+    async with sse(server, "nw-ada", {"query": WITH_BODY, "variables": {"name": MATH_101}}) as ok:
+        await asyncio.sleep(0.3)
+        reading = asyncio.create_task(collect_titles(ok, total))
+        for _ in range(batches):
+            result = await asyncio.to_thread(
+                server.graphql, publish_many, variables, as_user="nw-ada"
+            )
+            assert "errors" not in result, result
+        titles = await asyncio.wait_for(reading, 60)
+    assert titles == [f"m{i}" for _ in range(batches) for i in range(per_batch)]
+    # Now read what the stalled stream was sent: it ends with SLOW_CONSUMER.
+    raw = b""
+    try:
+        async with asyncio.timeout(30):
+            while b"event: complete" not in raw:
+                chunk = await reader.read(1 << 20)
+                if not chunk:
+                    break
+                raw += chunk
+    except TimeoutError:
+        tail = raw[-300:]
+        raise AssertionError(f"no complete in {len(raw)} bytes, ending {tail!r}") from None
+    writer.close()
+    # The last next says why, then complete; the stream never got all messages.
+    assert raw.rindex(b'"SLOW_CONSUMER"') < raw.index(b"event: complete")
+    assert raw.count(b'"title":"m') < total
+
+
+WITH_BODY = """subscription ($name: String!) {
+  channel(name: $name) { offset announcement { title body } }
+}"""
+
+
+async def collect_titles(response: httpx.Response, count: int) -> list[str]:
+    titles: list[str] = []
+    async for kind, data in events(response):
+        assert kind == "next", (kind, data)
+        titles.append(data["data"]["channel"]["announcement"]["title"])
+        if len(titles) == count:
+            break
+    return titles
