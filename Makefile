@@ -90,10 +90,12 @@ typecheck: dev
 # (api/accel), so the suite proves both ways give the same answers. It leaves out
 # the modules no fast path is on the way of: the Kafka pipeline and its alerts,
 # migrations, the group commit, the bench tools, the CLI's startup checks, TLS
-# and token checks (decided before any operation runs) and log formatting.
+# and token checks (decided before any operation runs), log formatting and
+# GraphiQL's page and vendored files.
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
-	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging
+	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging \
+	test_graphiql
 # Third-party JavaScript clients and graphql-http's audit suite for the integration
 # tests (tests/node), reinstalled only when its lock file changes. Without npm the
 # tests that need them are skipped and say so.
@@ -103,9 +105,14 @@ $(TEST_NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 	@if $(NPM) ci --prefix tests/node --no-audit --no-fund; then touch $@; \
 	else echo "npm ci failed in tests/node: the JavaScript client tests will be skipped" >&2; fi
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), each file's tests in one
+# process, in order (--dist loadfile: module fixtures stay shared); TEST_WORKERS=0
+# runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 pytest: dev $(if $(NPM),$(TEST_NODE_DEPS))
-	$(BIN)/pytest $(PYTEST_ARGS)
-	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest tests/integration \
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest $(XDIST) tests/integration \
 	    $(foreach m,$(STOCK_PASS_SKIP),--ignore=tests/integration/$(m).py) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
