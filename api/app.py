@@ -226,7 +226,12 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     )
     view.tarpit_seconds = settings.rate_limit_tarpit_seconds
     view.ide = GraphiQLPage(persist_headers=settings.graphiql_persist_headers)
-    view.streams = streams = HTTPStreams(view, multiplex="multiplex" in fast)
+    view.streams = streams = HTTPStreams(
+        view,
+        multiplex="multiplex" in fast,
+        heartbeat_seconds=settings.stream_heartbeat_seconds,
+        reservation_seconds=settings.stream_reservation_seconds,
+    )
     _install_fast_paths(fast, schema, view, metrics)
 
     @asynccontextmanager

@@ -228,6 +228,20 @@ class Settings(BaseSettings):
         "live delivery resumes at most this long after Redis is back",
     )
     subscriber_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    stream_heartbeat_seconds: float = Field(
+        default=12.0,
+        gt=0,
+        le=300,
+        description="an SSE comment (multipart: an empty part) this often on an idle "
+        "HTTP stream, so proxies and clients do not time it out",
+    )
+    stream_reservation_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="a graphql-sse single-connection reservation whose stream is not "
+        "opened by then is dropped (its connection slots freed)",
+    )
     presence_timeout_seconds: float = Field(
         default=15.0,
         ge=1.0,

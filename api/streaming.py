@@ -25,7 +25,7 @@ graphql-sse (see its PROTOCOL.md):
   opens it; ``POST`` with the token and ``extensions.operationId`` starts an
   operation (202) whose events arrive on the stream tagged with its id; ``DELETE
   ?operationId=`` stops one. A reservation nobody opens within
-  ``RESERVATION_SECONDS`` is dropped; when the stream closes its operations stop.
+  ``EDUMATRIX_STREAM_RESERVATION_SECONDS`` is dropped; when the stream closes its operations stop.
 
 Multipart: ``POST`` with ``Accept: multipart/mixed;subscriptionSpec="1.0"``, parts
 ``{"payload": <result>}``, a heartbeat part ``{}`` every few seconds.
@@ -72,8 +72,6 @@ log = structlog.get_logger(__name__)
 
 TOKEN_HEADER = b"x-graphql-event-stream-token"
 EVENT_STREAM = "text/event-stream"
-HEARTBEAT_SECONDS = 12.0  # graphql-sse's reference server pings as often
-RESERVATION_SECONDS = 30.0
 STREAM_QUEUE = 1000  # events a single-connection stream may hold for a slow reader
 
 _SSE = SSETransport()
@@ -176,11 +174,22 @@ class Reservation:
 class HTTPStreams:
     """Every open HTTP stream and reservation of this process."""
 
-    def __init__(self, view: GraphQLView, *, multiplex: bool = False) -> None:
+    def __init__(
+        self,
+        view: GraphQLView,
+        *,
+        multiplex: bool = False,
+        heartbeat_seconds: float = 12.0,
+        reservation_seconds: float = 30.0,
+    ) -> None:
         """``multiplex``: the ``multiplex`` fast path is on (``api/accel``): channel
-        subscriptions the planner accepts join the WebSocket multiplexer's groups."""
+        subscriptions the planner accepts join the WebSocket multiplexer's groups.
+        The defaults are graphql-sse's reference server's heartbeat and a generous
+        wait for a reserved stream."""
         self._view = view
         self._multiplex = multiplex
+        self._heartbeat = heartbeat_seconds
+        self._reservation_seconds = reservation_seconds
         self._reservations: dict[str, Reservation] = {}
         self._enders: set[Callable[[Ended], None]] = set()
         self.draining = False
@@ -395,7 +404,9 @@ class HTTPStreams:
         metrics.http_streams.labels(transport=label).inc()
         producer = asyncio.create_task(produce())
         watcher = asyncio.create_task(_disconnected(request.receive))
-        beats = asyncio.create_task(_beat(write, lambda: transport.heartbeat_message(encode)))
+        beats = asyncio.create_task(
+            _beat(write, lambda: transport.heartbeat_message(encode), self._heartbeat)
+        )
         try:
             waiting: set[asyncio.Future[Any]] = {producer, watcher, ended}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -476,7 +487,7 @@ class HTTPStreams:
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
         watcher = asyncio.create_task(_disconnected(request.receive))
         beats = asyncio.create_task(
-            _beat(outbox.push_text, lambda: transport.heartbeat_message(encode))
+            _beat(outbox.push_text, lambda: transport.heartbeat_message(encode), self._heartbeat)
         )
         try:
             await services.mux.join(plan, context, member, since)
@@ -530,7 +541,7 @@ class HTTPStreams:
         token = secrets.token_urlsafe(24)
         reservation = Reservation(token, context.viewer, slots)
         reservation.timer = asyncio.get_running_loop().call_later(
-            RESERVATION_SECONDS, self._expire_reservation, reservation
+            self._reservation_seconds, self._expire_reservation, reservation
         )
         self._reservations[token] = reservation
         return Response(token, 201, media_type="text/plain")
@@ -601,7 +612,7 @@ class HTTPStreams:
                 waiting: set[asyncio.Future[Any]] = {getter, watcher, ended}
                 done, _ = await asyncio.wait(
                     waiting,
-                    timeout=HEARTBEAT_SECONDS,
+                    timeout=self._heartbeat,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if getter not in done:
@@ -741,9 +752,11 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-async def _beat(write: Callable[[str], Awaitable[None]], message: Callable[[], str]) -> None:
+async def _beat(
+    write: Callable[[str], Awaitable[None]], message: Callable[[], str], every: float
+) -> None:
     while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
+        await asyncio.sleep(every)
         await write(message())
 
 

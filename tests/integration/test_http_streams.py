@@ -410,3 +410,38 @@ async def collect_titles(response: httpx.Response, count: int) -> list[str]:
         if len(titles) == count:
             break
     return titles
+
+
+async def test_heartbeats_and_unopened_reservations(make_server: Any) -> None:
+    """An idle stream gets heartbeats (SSE comments; multipart empty parts) at the
+    set interval; a reservation nobody opens is dropped and its slot freed."""
+    server = own_server(
+        make_server,
+        stream_heartbeat_seconds="0.3",
+        stream_reservation_seconds="1",
+        max_connections_per_subject="1",
+    )
+    url = f"{server.url}/graphql"
+    body = {"query": SUBSCRIBE, "variables": {"name": MATH_101}}
+    async with sse(server, "nw-cy", body) as idle:
+        lines: list[str] = []
+
+        async def read() -> None:
+            async for line in idle.aiter_lines():
+                lines.append(line)
+                if sum(1 for x in lines if x.startswith(":")) >= 2:
+                    return
+
+        await asyncio.wait_for(read(), 10)
+    assert sum(1 for x in lines if x.startswith(":")) >= 2
+    async with httpx.AsyncClient(timeout=30) as client:
+        await asyncio.sleep(0.3)  # the idle stream's slot is released
+        first = await client.put(url, headers=auth("nw-cy"))
+        assert first.status_code == 201
+        held = await client.put(url, headers=auth("nw-cy"))
+        assert held.status_code == 429  # the reservation holds the only slot
+        await asyncio.sleep(1.5)
+        opened = await client.get(url, headers={**SSE, TOKEN_HEADER: first.text, **auth("nw-cy")})
+        assert opened.status_code == 404  # dropped
+        again = await client.put(url, headers=auth("nw-cy"))
+        assert again.status_code == 201  # and its slot freed
