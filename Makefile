@@ -12,7 +12,8 @@ PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 LOCKS := requirements.lock requirements-dev.lock requirements-bench.lock
 UV    := uv==0.13.9
 
-.PHONY: run test test-latest pytest lint typecheck install dev bench lock clean graphiql-assets
+.PHONY: run test test-latest pytest lint typecheck install dev bench lock clean graphiql-assets \
+	dashboard-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +73,13 @@ graphiql-assets:
 	npm ci --prefix tools/graphiql --no-audit --no-fund
 	$(PYTHON) tools/graphiql/vendor.py
 
+# The dashboard's browser libraries (graphql-ws's UMD build, uPlot), the same way:
+# copied from the npm packages pinned in tools/dashboard into
+# api/static/dashboard/vendor with a sha256 manifest, and committed (docs/dashboard.md).
+dashboard-assets:
+	npm ci --prefix tools/dashboard --no-audit --no-fund
+	$(PYTHON) tools/dashboard/vendor.py
+
 run: install
 	$(BIN)/edumatrix migrate
 	$(BIN)/edumatrix seed-demo
@@ -90,12 +98,12 @@ typecheck: dev
 # (api/accel), so the suite proves both ways give the same answers. It leaves out
 # the modules no fast path is on the way of: the Kafka pipeline and its alerts,
 # migrations, the group commit, the bench tools, the CLI's startup checks, TLS
-# and token checks (decided before any operation runs), log formatting and
-# GraphiQL's page and vendored files.
+# and token checks (decided before any operation runs), log formatting, and the
+# GraphiQL and dashboard pages (their operations' paths are proven by the others).
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
 	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging \
-	test_graphiql
+	test_graphiql test_dashboard
 # Third-party JavaScript clients and graphql-http's audit suite for the integration
 # tests (tests/node), reinstalled only when its lock file changes. Without npm the
 # tests that need them are skipped and say so.

@@ -26,6 +26,7 @@ from strawberry.subscriptions import (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 
+from api import dashboard
 from api.accel import Decision
 from api.admission import Admission
 from api.auth import TokenService
@@ -344,12 +345,17 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
     async def graphiql(request: Request) -> Response:
         return RedirectResponse("/graphql")
 
+    dashboard_page = dashboard.DashboardPage()
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/graphiql", graphiql),
         Mount(ASSETS_PATH, app=view.ide.assets()),  # GraphiQL's files, from package data
+        # The live dashboard: a static page and its files, from package data.
+        Route(dashboard.PATH, dashboard_page.response),
+        Mount(dashboard.ASSETS_PATH, app=dashboard_page.assets()),
+        Mount(dashboard.APP_PATH, app=dashboard_page.app_files()),
         Route("/graphql", view),  # with the lane fast path on, WebSocketLane serves it
         WebSocketRoute("/graphql", view),
     ]
