@@ -118,9 +118,11 @@ $(TEST_NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 # runs everything in this process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+# The slowest tests of each pass, listed at the end: where the 10-minute budget goes.
+DURATIONS := --durations=15
 pytest: dev $(if $(NPM),$(TEST_NODE_DEPS))
-	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
-	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest $(XDIST) tests/integration \
+	$(BIN)/pytest $(XDIST) $(DURATIONS) $(PYTEST_ARGS)
+	EDUMATRIX_TEST_FAST_PATHS=off $(BIN)/pytest $(XDIST) $(DURATIONS) tests/integration \
 	    $(foreach m,$(STOCK_PASS_SKIP),--ignore=tests/integration/$(m).py) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
