@@ -417,8 +417,15 @@ class HTTPStreams:
                 with suppress(asyncio.CancelledError):
                     await producer
                 await write(transport.encode_next(ended.result().payload, encode))
-            elif producer.exception() is not None:
-                raise producer.exception()  # type: ignore[misc]
+            elif (failure := producer.exception()) is not None:
+                # An error outside any resolver: the client still gets a coded error
+                # and complete, not a cut stream (logged here with its traceback).
+                log.error("stream.operation_failed", exc_info=failure)
+                cause = failure if isinstance(failure, Exception) else None
+                error = masked(GraphQLError(str(failure), original_error=cause))
+                await write(
+                    transport.encode_next({"data": None, "errors": [error.formatted]}, encode)
+                )
             await write(transport.encode_complete())
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
