@@ -3,8 +3,11 @@ also which HTTP operations may skip Strawberry's view (``api.http_fast``).
 
 A plan is made only for a valid document (same parser token limit, depth and alias
 limits as the schema's extensions) whose operation is a subscription with exactly
-one root field, ``channel``, and no directives on it. Anything else returns None and
-Strawberry handles it, errors included, exactly as before.
+one root field, ``channel``, and no directives on it, naming its channel with exactly
+one of the arguments ``channel`` and ``name`` (deprecated), whose selection reads no
+field resolved by a coroutine (:mod:`schema.awaiting`: the group executes
+synchronously). Anything else returns None and Strawberry handles it, errors
+included, exactly as before.
 
 A plan is per viewer when its selection reads a field the schema declares
 viewer-dependent (:mod:`schema.viewer`), found with type information, so through
@@ -25,6 +28,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
     GraphQLInterfaceType,
     GraphQLObjectType,
     GraphQLOutputType,
@@ -45,6 +49,7 @@ from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.language import VariableNode
 from graphql.validation import ASTValidationRule
 
+from schema.awaiting import is_awaiting
 from schema.context import Context
 from schema.viewer import is_viewer_dependent
 
@@ -99,12 +104,24 @@ def viewer_dependent_fields(schema: GraphQLSchema) -> frozenset[tuple[str, str]]
     An interface's field counts when any implementation declares it: a selection
     through the interface may reach that implementation.
     """
+    return _fields_where(schema, is_viewer_dependent)
+
+
+def awaiting_fields(schema: GraphQLSchema) -> frozenset[tuple[str, str]]:
+    """(parent type, field) of every field resolved by a coroutine, interfaces'
+    fields included as in :func:`viewer_dependent_fields`."""
+    return _fields_where(schema, is_awaiting)
+
+
+def _fields_where(
+    schema: GraphQLSchema, predicate: Callable[[GraphQLField], bool]
+) -> frozenset[tuple[str, str]]:
     declared = {
         (named.name, name)
         for named in schema.type_map.values()
         if isinstance(named, GraphQLObjectType | GraphQLInterfaceType)
         for name, field in named.fields.items()
-        if is_viewer_dependent(field)
+        if predicate(field)
     }
     for named in schema.type_map.values():
         if isinstance(named, GraphQLInterfaceType):
@@ -118,17 +135,24 @@ def viewer_dependent_fields(schema: GraphQLSchema) -> frozenset[tuple[str, str]]
 
 
 class _Collect(Visitor):
-    """The variables a selection reads, whether it reads a viewer-dependent field,
-    and the fragments it spreads; run inside a :class:`TypeInfoVisitor`, which knows
-    each field's parent type."""
+    """The variables a selection reads, whether it reads a viewer-dependent field or
+    one resolved by a coroutine, and the fragments it spreads; run inside a
+    :class:`TypeInfoVisitor`, which knows each field's parent type."""
 
-    def __init__(self, type_info: TypeInfo, viewer_fields: frozenset[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        type_info: TypeInfo,
+        viewer_fields: frozenset[tuple[str, str]],
+        awaiting: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         super().__init__()
         self.type_info = type_info
         self.viewer_fields = viewer_fields
+        self.awaiting = awaiting
         self.variables: set[str] = set()
         self.spreads: set[str] = set()
         self.per_viewer = False
+        self.awaits = False
 
     def enter_variable(self, node: VariableNode, *_: Any) -> None:
         self.variables.add(node.name.value)
@@ -138,8 +162,13 @@ class _Collect(Visitor):
 
     def enter_field(self, node: FieldNode, *_: Any) -> None:
         parent = self.type_info.get_parent_type()
-        if parent is not None and (parent.name, node.name.value) in self.viewer_fields:
+        if parent is None:
+            return
+        coordinate = (parent.name, node.name.value)
+        if coordinate in self.viewer_fields:
             self.per_viewer = True
+        if coordinate in self.awaiting:
+            self.awaits = True
 
 
 def _read_selection(
@@ -148,30 +177,33 @@ def _read_selection(
     field_type: GraphQLOutputType,
     document: DocumentNode,
     viewer_fields: frozenset[tuple[str, str]],
-) -> tuple[set[str], bool]:
-    """The variables ``field``'s selection reads (not its arguments) and whether it
-    reads a viewer-dependent field, following its fragment spreads, nested ones too."""
+    awaiting: frozenset[tuple[str, str]] = frozenset(),
+) -> tuple[set[str], bool, bool]:
+    """The variables ``field``'s selection reads (not its arguments), whether it
+    reads a viewer-dependent field and whether it reads one resolved by a coroutine,
+    following its fragment spreads, nested ones too."""
     fragments = {
         definition.name.value: definition
         for definition in document.definitions
         if isinstance(definition, FragmentDefinitionNode)
     }
     variables: set[str] = set()
-    per_viewer = False
+    per_viewer = awaits = False
     pending: list[tuple[Node, TypeInfo]] = []
     if field.selection_set is not None:
         pending.append((field.selection_set, TypeInfo(schema, field_type)))
     seen: set[str] = set()
     while pending:
         node, type_info = pending.pop()
-        inner = _Collect(type_info, viewer_fields)
+        inner = _Collect(type_info, viewer_fields, awaiting)
         visit(node, TypeInfoVisitor(type_info, inner))
         variables |= inner.variables
         per_viewer = per_viewer or inner.per_viewer
+        awaits = awaits or inner.awaits
         for name in inner.spreads - seen:  # validated: every spread names a fragment
             seen.add(name)
             pending.append((fragments[name], TypeInfo(schema)))
-    return variables, per_viewer
+    return variables, per_viewer, awaits
 
 
 class Planner:
@@ -310,9 +342,15 @@ class Planner:
         subscription = self._schema.subscription_type
         assert subscription is not None
         args = get_argument_values(subscription.fields["channel"], root, coerced)
+        # ``channel``, or the deprecated ``name``: both or neither is the stock path's
+        # BAD_INPUT to report (resolvers.channels.requested).
+        channel, name = args.get("channel"), args.get("name")
+        requested = name if channel is None else channel if name is None else None
+        if requested is None:
+            return None
         used = {k: coerced.coerced.get(k) for k in used_names}
         return Plan(
-            name=args["name"],
+            name=requested,
             since=args.get("since"),
             document=document,
             query=query,
@@ -342,12 +380,18 @@ class Planner:
         subscription = self._schema.subscription_type
         assert subscription is not None  # the document validated as a subscription
         field_type = subscription.fields["channel"].type
-        variables, per_viewer = _read_selection(
-            self._schema, root, field_type, document, self._viewer_fields
+        variables, per_viewer, awaits = _read_selection(
+            self._schema, root, field_type, document, self._viewer_fields, self._awaiting
         )
+        if awaits:  # a group executes synchronously: Strawberry's path awaits these
+            return None
         return root, tuple(sorted(variables)), per_viewer
 
     @cached_property
     def _viewer_fields(self) -> frozenset[tuple[str, str]]:
         """Computed on the first subscription planned, from the schema this plans for."""
         return viewer_dependent_fields(self._schema)
+
+    @cached_property
+    def _awaiting(self) -> frozenset[tuple[str, str]]:
+        return awaiting_fields(self._schema)

@@ -59,7 +59,7 @@ class Query:
 @strawberry.type
 class Mutation:
     @strawberry.mutation
-    async def publish_announcement(self, input: PublishAnnouncementInput) -> Announcement:
+    async def publish_announcement(self, input: PublishAnnouncementInput) -> Announcement | None:
         return await publish(input)
 
 

@@ -129,6 +129,22 @@ async def is_recipient(sessions: Sessions, alert_id: int, user_id: str) -> bool:
         return await session.get(AlertRecipient, (alert_id, user_id)) is not None
 
 
+async def acknowledged_at(
+    sessions: Sessions, pairs: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], datetime | None]:
+    """For (alert id, user id) pairs where the user is targeted: when they
+    acknowledged (None: not yet). Pairs of people not targeted are left out."""
+    alerts = {alert_id for alert_id, _ in pairs}
+    users = {user_id for _, user_id in pairs}
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                AlertRecipient.alert_id, AlertRecipient.user_id, AlertRecipient.acknowledged_at
+            ).where(AlertRecipient.alert_id.in_(alerts), AlertRecipient.user_id.in_(users))
+        )
+        return {(alert_id, user_id): at for alert_id, user_id, at in rows}
+
+
 async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
     """Refusals (missing, not targeted) are audited in the same transaction."""
     user = actor.id or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from db.alert_models import Notification, NotificationReceipt
 from db.engine import Sessions
@@ -69,6 +69,65 @@ async def inbox(
         query = query.where(NotificationReceipt.read_at.is_(None))
     async with sessions() as session:
         return [(n, read_at) for n, read_at in await session.execute(query)]
+
+
+async def inbox_page(
+    sessions: Sessions, user_id: str, *, unread_only: bool, before: int | None, first: int
+) -> tuple[list[tuple[Notification, datetime | None]], int | None]:
+    """Up to ``first`` of the user's notifications with ids below ``before``, newest
+    first, with their read time, and the id to continue below (None: no older ones).
+
+    Keyset pagination on ``ix_notification_receipts_user_id_notification_id``: a
+    page costs the same however deep it is, and notifications arriving while a
+    client pages do not shift or repeat the older pages.
+    """
+    query = (
+        select(Notification, NotificationReceipt.read_at)
+        .join(NotificationReceipt, NotificationReceipt.notification_id == Notification.id)
+        .where(NotificationReceipt.user_id == user_id)
+    )
+    if before is not None:
+        query = query.where(NotificationReceipt.notification_id < before)
+    if unread_only:
+        query = query.where(NotificationReceipt.read_at.is_(None))
+    query = query.order_by(NotificationReceipt.notification_id.desc()).limit(first + 1)
+    async with sessions() as session:
+        rows = [(n, read_at) for n, read_at in await session.execute(query)]
+    if len(rows) > first:
+        return rows[:first], rows[first - 1][0].id
+    return rows, None
+
+
+async def received(
+    sessions: Sessions, user_id: str, ids: Sequence[int]
+) -> list[tuple[Notification, datetime | None]]:
+    """The user's own notifications among ``ids``, newest first, with their read
+    time; ids of others' notifications (or of none) are left out."""
+    query = (
+        select(Notification, NotificationReceipt.read_at)
+        .join(NotificationReceipt, NotificationReceipt.notification_id == Notification.id)
+        .where(
+            NotificationReceipt.user_id == user_id,
+            NotificationReceipt.notification_id.in_(list(ids)),
+        )
+        .order_by(NotificationReceipt.notification_id.desc())
+    )
+    async with sessions() as session:
+        return [(n, read_at) for n, read_at in await session.execute(query)]
+
+
+async def unread_counts(sessions: Sessions, user_ids: Sequence[str]) -> dict[str, int]:
+    """How many unread notifications each user has (users with none are left out)."""
+    query = (
+        select(NotificationReceipt.user_id, func.count())
+        .where(
+            NotificationReceipt.user_id.in_(list(user_ids)),
+            NotificationReceipt.read_at.is_(None),
+        )
+        .group_by(NotificationReceipt.user_id)
+    )
+    async with sessions() as session:
+        return {user: count for user, count in await session.execute(query)}
 
 
 async def mark_read(sessions: Sessions, actor: Actor, ids: Sequence[int]) -> int:

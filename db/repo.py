@@ -59,6 +59,16 @@ async def user_institution(sessions: Sessions, user_id: str) -> str | None:
         return await session.scalar(select(User.institution_id).where(User.id == user_id))
 
 
+async def users_in(sessions: Sessions, institution: str, ids: Sequence[str]) -> list[User]:
+    """The directory's users of ``institution`` among ``ids`` (others are left out),
+    in one query: the batch behind every ``User`` field of a response."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(User).where(User.institution_id == institution, User.id.in_(list(ids)))
+        )
+        return list(rows)
+
+
 async def last_announcements(sessions: Sessions, channel: str, last: int) -> list[Announcement]:
     """The newest ``last`` announcements of a channel, oldest first."""
     async with sessions() as session:
@@ -69,6 +79,28 @@ async def last_announcements(sessions: Sessions, channel: str, last: int) -> lis
             .limit(last)
         )
         return list(reversed(list(rows)))
+
+
+async def announcement_page(
+    sessions: Sessions, channel: str, before: int | None, first: int
+) -> tuple[list[Announcement], int | None]:
+    """Up to ``first`` announcements of ``channel`` with ids below ``before``, newest
+    first, and the id to continue below (None: no older ones).
+
+    Keyset pagination on ``ix_announcements_channel_id``, as ``db.audit_read.page``:
+    a page costs the same however deep it is, and announcements published while a
+    client pages do not shift or repeat the older pages.
+    """
+    statement = select(Announcement).where(Announcement.channel == channel)
+    if before is not None:
+        statement = statement.where(Announcement.id < before)
+    async with sessions() as session:
+        rows = list(
+            await session.scalars(statement.order_by(Announcement.id.desc()).limit(first + 1))
+        )
+    if len(rows) > first:
+        return rows[:first], rows[first - 1].id
+    return rows, None
 
 
 async def audit(

@@ -9,6 +9,8 @@ needs publish rights on the institution's alerts channel (admins and services).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
+from functools import partial
+from typing import Annotated
 
 import strawberry
 
@@ -22,11 +24,16 @@ from resolvers.channels import feed_errors
 from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
 from schema.context import Context
 from schema.errors import BadInput, Forbidden, NotFound
-from streams.acl import Action, Role
+from streams.acl import Action, Role, Viewer
 from streams.channels import Channel, ChannelKind
 from streams.envelope import Envelope
 
 MAX_TARGETS = 20
+
+AlertId = Annotated[
+    strawberry.ID, strawberry.argument(description="The alert's id (a number; else BAD_INPUT).")
+]
+InstitutionId = Annotated[strawberry.ID, strawberry.argument(description="Your institution's id.")]
 
 
 def _number(value: strawberry.ID) -> int:
@@ -62,7 +69,10 @@ def _announcing(kind: str) -> Callable[[AlertRow], list[Delivery]]:
     return deliveries
 
 
-async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) -> Alert:
+async def raise_alert(
+    info: strawberry.Info[Context],
+    input: Annotated[RaiseAlertInput, strawberry.argument(description="The alert to raise.")],
+) -> Alert:
     ctx = info.context
     viewer = ctx.require_viewer()
     institution = str(input.institution_id)
@@ -86,7 +96,26 @@ async def raise_alert(info: strawberry.Info[Context], input: RaiseAlertInput) ->
     return Alert.from_row(row)
 
 
-async def alert(info: strawberry.Info[Context], id: strawberry.ID) -> Alert:
+def _manages(viewer: Viewer, row: AlertRow) -> bool:
+    return viewer.role in (Role.ADMIN, Role.SERVICE) or row.raised_by == viewer.user_id
+
+
+async def _as_seen(ctx: Context, viewer: Viewer, row: AlertRow) -> Alert:
+    """The alert as ``viewer`` may see it: with the roll-call if they manage it."""
+    result = Alert.from_row(row)
+    if _manages(viewer, row):
+        entries = await alert_repo.roll_call(ctx.sessions, row.id)
+        online = await ctx.services.presence.online(
+            viewer.institution, [e.user_id for e in entries]
+        )
+        result.roll_call = RollCall.build(entries, online)
+    return result
+
+
+async def alert(
+    info: strawberry.Info[Context],
+    id: AlertId,
+) -> Alert:
     """Visible to the targeted people, admins, services and the raiser; the roll-call
     only to the last three."""
     ctx = info.context
@@ -95,22 +124,22 @@ async def alert(info: strawberry.Info[Context], id: strawberry.ID) -> Alert:
     row = await alert_repo.get_alert(ctx.sessions, number, viewer.institution)
     if row is None:  # another institution's alerts are missing too (and audited)
         await refuse(ctx, "alert", f"alert:{number}", NotFound(f"no alert {number}"))
-    manager = viewer.role in (Role.ADMIN, Role.SERVICE) or row.raised_by == viewer.user_id
-    if not manager and not await alert_repo.is_recipient(ctx.sessions, number, viewer.user_id):
+    if not _manages(viewer, row) and not await alert_repo.is_recipient(
+        ctx.sessions, number, viewer.user_id
+    ):
         detail = {"reason": "not targeted"}
         await refuse(ctx, "alert", f"alert:{number}", NotFound(f"no alert {number}"), detail)
-    result = Alert.from_row(row)
-    if manager:
-        entries = await alert_repo.roll_call(ctx.sessions, number)
-        online = await ctx.services.presence.online(
-            viewer.institution, [e.user_id for e in entries]
-        )
-        result.roll_call = RollCall.build(entries, online)
-    return result
+    return await _as_seen(ctx, viewer, row)
+
+
+async def _reload(ctx: Context, viewer: Viewer, number: int) -> Alert | None:
+    """The alert after an acknowledgement (which proves the viewer may see it)."""
+    row = await alert_repo.get_alert(ctx.sessions, number, viewer.institution)
+    return None if row is None else await _as_seen(ctx, viewer, row)
 
 
 async def alerts(
-    info: strawberry.Info[Context], institution_id: strawberry.ID
+    info: strawberry.Info[Context], institution_id: InstitutionId
 ) -> AsyncGenerator[Alert, None]:
     """Alerts raised (and resolved) in your institution, live."""
     ctx = info.context
@@ -127,9 +156,7 @@ async def alerts(
         metrics.subscriptions.labels(kind="alerts").dec()
 
 
-async def acknowledge_alert(
-    info: strawberry.Info[Context], alert_id: strawberry.ID
-) -> Acknowledgement:
+async def acknowledge_alert(info: strawberry.Info[Context], alert_id: AlertId) -> Acknowledgement:
     ctx = info.context
     viewer = ctx.require_viewer()
     number = _number(alert_id)
@@ -150,10 +177,11 @@ async def acknowledge_alert(
         alert_id=strawberry.ID(str(number)),
         user_id=strawberry.ID(viewer.user_id),
         acknowledged_at=change.at,
+        load_alert=partial(_reload, ctx, viewer, number),
     )
 
 
-async def resolve_alert(info: strawberry.Info[Context], alert_id: strawberry.ID) -> Alert:
+async def resolve_alert(info: strawberry.Info[Context], alert_id: AlertId) -> Alert:
     ctx = info.context
     ctx.require_viewer()
     number = _number(alert_id)

@@ -60,18 +60,40 @@ def _range(start: datetime, end: datetime, bucket: Bucket) -> tuple[datetime, da
     return start, end
 
 
-From = Annotated[datetime, strawberry.argument(name="from")]
-To = Annotated[datetime, strawberry.argument(name="to")]
+From = Annotated[
+    datetime,
+    strawberry.argument(name="from", description="Start of the range (inclusive; UTC if naive)."),
+]
+To = Annotated[
+    datetime,
+    strawberry.argument(
+        name="to", description="End of the range (exclusive; after `from`, else BAD_INPUT)."
+    ),
+]
+InstitutionId = Annotated[
+    strawberry.ID,
+    strawberry.argument(
+        description="Your institution's id (another one: NOT_FOUND; admins and services only)."
+    ),
+]
 
 
 async def analytics(
     info: strawberry.Info[Context],
-    institution_id: strawberry.ID,
-    metric: Metric,
+    institution_id: InstitutionId,
+    metric: Annotated[Metric, strawberry.argument(description="What to count.")],
     from_: From,
     to: To,
-    bucket: Bucket = Bucket.HOUR,
-    event_type: str | None = None,
+    bucket: Annotated[
+        Bucket,
+        strawberry.argument(description="Width of a point; at most 2000 points per range."),
+    ] = Bucket.HOUR,
+    event_type: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Only events of this type (e.g. activity.page_view); all if omitted."
+        ),
+    ] = None,
 ) -> list[Point]:
     """A time series with a point for every bucket in [from, to), zeros included."""
     ctx = info.context
@@ -85,10 +107,12 @@ async def analytics(
 
 async def top_events(
     info: strawberry.Info[Context],
-    institution_id: strawberry.ID,
+    institution_id: InstitutionId,
     from_: From,
     to: To,
-    limit: int = 10,
+    limit: Annotated[
+        int, strawberry.argument(description="How many types, 1 to 100 (else BAD_INPUT).")
+    ] = 10,
 ) -> list[Count]:
     await _admin_of(info.context, str(institution_id), "topEvents")
     if not 1 <= limit <= 100:
@@ -99,7 +123,7 @@ async def top_events(
 
 
 async def active_users(
-    info: strawberry.Info[Context], institution_id: strawberry.ID, from_: From, to: To
+    info: strawberry.Info[Context], institution_id: InstitutionId, from_: From, to: To
 ) -> int:
     """Distinct users with at least one event in [from, to); exact over any range."""
     await _admin_of(info.context, str(institution_id), "activeUsers")
@@ -109,8 +133,8 @@ async def active_users(
 
 async def event_breakdown(
     info: strawberry.Info[Context],
-    institution_id: strawberry.ID,
-    by: Breakdown,
+    institution_id: InstitutionId,
+    by: Annotated[Breakdown, strawberry.argument(description="What to count events by.")],
     from_: From,
     to: To,
 ) -> list[Count]:
@@ -120,7 +144,12 @@ async def event_breakdown(
     return [Count(key=k, count=Long(n)) for k, n in rows]
 
 
-async def track_activity(info: strawberry.Info[Context], input: TrackActivityInput) -> bool:
+async def track_activity(
+    info: strawberry.Info[Context],
+    input: Annotated[
+        TrackActivityInput, strawberry.argument(description="The interaction to record.")
+    ],
+) -> bool:
     """Record a frontend interaction as ``activity.<type>``; false if it was dropped."""
     ctx = info.context
     viewer = ctx.require_viewer()
@@ -153,7 +182,7 @@ async def _snapshot(ctx: Context, institution: str, delivered: float) -> LiveMet
 
 
 async def live_metrics(
-    info: strawberry.Info[Context], institution_id: strawberry.ID
+    info: strawberry.Info[Context], institution_id: InstitutionId
 ) -> AsyncGenerator[LiveMetrics, None]:
     """Poll the aggregates once a second and push a snapshot when it changed.
 

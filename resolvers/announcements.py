@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 
 from db import repo
 from db.group_commit import NewAnnouncement, StoredAnnouncement
 from db.outbox import Delivery
 from resolvers.access import authorize, deliver
-from schema.announcements import Announcement, PublishAnnouncementInput
+from schema.announcements import Announcement, AnnouncementPage, PublishAnnouncementInput
 from schema.context import Context
+from schema.cursors import PageSize, after_argument, encode_cursor, page_bounds
 from schema.errors import BadInput
 from streams.acl import Action
 
 MAX_TITLE = 200
 MAX_BODY = 10_000
 MAX_LAST = 200
+CURSOR = "announcement"
 
 
 def _clean(value: str, field: str, limit: int) -> str:
@@ -28,7 +32,10 @@ def _clean(value: str, field: str, limit: int) -> str:
 
 
 async def publish_announcement(
-    info: strawberry.Info[Context], input: PublishAnnouncementInput
+    info: strawberry.Info[Context],
+    input: Annotated[
+        PublishAnnouncementInput, strawberry.argument(description="What to publish, and where.")
+    ],
 ) -> Announcement:
     """Store, audit and queue its message (group-committed with concurrent
     publishes), then publish; the returned announcement is what subscribers get."""
@@ -56,8 +63,17 @@ def _announce(row: StoredAnnouncement) -> list[Delivery]:
     return [Delivery(row.channel, "announcement", message)]
 
 
+Channel = Annotated[
+    str, strawberry.argument(description="The channel, e.g. `institution:northwood`.")
+]
+
+
 async def announcements(
-    info: strawberry.Info[Context], channel: str, last: int = 20
+    info: strawberry.Info[Context],
+    channel: Channel,
+    last: Annotated[
+        int, strawberry.argument(description="How many, 1 to 200 (else BAD_INPUT).")
+    ] = 20,
 ) -> list[Announcement]:
     ctx = info.context
     parsed = await authorize(ctx, channel, Action.SUBSCRIBE)
@@ -65,3 +81,21 @@ async def announcements(
         raise BadInput(f"last must be between 1 and {MAX_LAST}")
     rows = await repo.last_announcements(ctx.sessions, parsed.name, last)
     return [Announcement.from_row(r) for r in rows]
+
+
+async def announcement_page(
+    info: strawberry.Info[Context],
+    channel: Channel,
+    first: PageSize = 20,
+    after: Annotated[str | None, after_argument("announcements")] = None,
+) -> AnnouncementPage:
+    """A channel's announcements, newest first, a page at a time (keyset on the id:
+    announcements published meanwhile never shift or repeat older pages)."""
+    ctx = info.context
+    parsed = await authorize(ctx, channel, Action.SUBSCRIBE)
+    before = page_bounds(CURSOR, "announcementPage", first, after)
+    rows, next_id = await repo.announcement_page(ctx.sessions, parsed.name, before, first)
+    return AnnouncementPage(
+        rows=[Announcement.from_row(r) for r in rows],
+        next_cursor=encode_cursor(CURSOR, next_id) if next_id is not None else None,
+    )

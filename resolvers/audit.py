@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 
 from db import audit_read
@@ -16,9 +18,21 @@ MAX_FIRST = 500
 
 async def audit_log(
     info: strawberry.Info[Context],
-    filter: AuditFilter | None = None,
-    after: str | None = None,
-    first: int = 50,
+    filter: Annotated[
+        AuditFilter | None, strawberry.argument(description="Conditions on rows; all if omitted.")
+    ] = None,
+    after: Annotated[
+        str | None,
+        strawberry.argument(
+            description=(
+                "A `nextCursor` this field returned: the page of older rows after it. Omit "
+                "for the newest page. Another value: BAD_INPUT."
+            )
+        ),
+    ] = None,
+    first: Annotated[
+        int, strawberry.argument(description="Page size, 1 to 500 (else BAD_INPUT).")
+    ] = 50,
 ) -> AuditLogPage:
     """Your institution's audit rows, newest first; admins only (a refusal is itself
     audited). Failed authentications carry no institution and are not listed."""

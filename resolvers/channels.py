@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import strawberry
 
@@ -11,7 +12,7 @@ from resolvers.access import authorize
 from resolvers.emit import emit
 from schema.announcements import ChannelEvent, ChannelPosition, PositionInput
 from schema.context import Context
-from schema.errors import ShuttingDown, SlowConsumer, Unavailable
+from schema.errors import BadInput, ShuttingDown, SlowConsumer, Unavailable
 from streams.acl import Action
 from streams.envelope import Position
 from streams.hub import ChannelUnavailable, HubClosed, Reset, SlowSubscriber
@@ -36,11 +37,51 @@ def feed_errors() -> Iterator[None]:
         raise Unavailable(str(exc), retry_after=exc.retry_after) from exc
 
 
+ChannelArg = Annotated[
+    str | None,
+    strawberry.argument(
+        description="The channel, e.g. `institution:northwood`. Give this or `name`, not both."
+    ),
+]
+NameArg = Annotated[
+    str | None,
+    strawberry.argument(
+        description="The channel, under its old argument name.",
+        deprecation_reason="Use `channel`, the argument name every other field uses.",
+    ),
+]
+SinceArg = Annotated[
+    PositionInput | None,
+    strawberry.argument(
+        description=(
+            "The position of the last event you processed: first replays every message "
+            "after it, then continues live. Omit to start live."
+        )
+    ),
+]
+
+
+def requested(channel: str | None, name: str | None) -> str:
+    """The channel a field was asked for: ``channel``, or the deprecated ``name``.
+
+    ``api.plan`` applies the same rule (and leaves a document that breaks it to this
+    path, so the error is this one)."""
+    if channel is not None and name is None:
+        return channel
+    if name is not None and channel is None:
+        return name
+    raise BadInput("give exactly one of `channel` or `name` (deprecated; use `channel`)")
+
+
 async def channel(
-    info: strawberry.Info[Context], name: str, since: PositionInput | None = None
+    info: strawberry.Info[Context],
+    channel: ChannelArg = None,
+    name: NameArg = None,
+    since: SinceArg = None,
 ) -> AsyncGenerator[ChannelEvent, None]:
     ctx = info.context
-    parsed = await authorize(ctx, name, Action.SUBSCRIBE)
+    ctx.require_viewer()  # UNAUTHENTICATED before BAD_INPUT, as every other field
+    parsed = await authorize(ctx, requested(channel, name), Action.SUBSCRIBE)
     start = Position(int(since.offset), since.epoch) if since else None
     metrics = ctx.services.metrics
     metrics.subscriptions.labels(kind="channel").inc()
@@ -61,6 +102,9 @@ async def channel(
         )
 
 
-async def channel_position(info: strawberry.Info[Context], name: str) -> ChannelPosition:
-    parsed = await authorize(info.context, name, Action.SUBSCRIBE)
+async def channel_position(
+    info: strawberry.Info[Context], channel: ChannelArg = None, name: NameArg = None
+) -> ChannelPosition:
+    info.context.require_viewer()
+    parsed = await authorize(info.context, requested(channel, name), Action.SUBSCRIBE)
     return ChannelPosition.from_position(await info.context.bus.position(parsed.name))

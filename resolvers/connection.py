@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Annotated
 
 import strawberry
 from starlette.websockets import WebSocket
@@ -54,7 +55,18 @@ def _jwt(value: str) -> str:
     return rest.strip() if scheme.lower() == "bearer" and rest.strip() else value.strip()
 
 
-async def refresh_connection_token(info: strawberry.Info[Context], token: str) -> TokenRefresh:
+async def refresh_connection_token(
+    info: strawberry.Info[Context],
+    token: Annotated[
+        str,
+        strawberry.argument(
+            description=(
+                "The new JWT (a `Bearer ` prefix is allowed): same sub, inst and role, and "
+                "at least the departments and classrooms of the current one."
+            )
+        ),
+    ],
+) -> TokenRefresh:
     """Run this WebSocket connection on ``token`` from now on: a new deadline, the
     same subscriptions. Refused, the connection keeps its current token."""
     ctx = info.context

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 
 from db import repo
@@ -17,7 +19,12 @@ async def institutions(info: strawberry.Info[Context]) -> list[Institution]:
     return [Institution.from_row(r) for r in rows]
 
 
-async def institution(info: strawberry.Info[Context], id: strawberry.ID) -> Institution:
+async def institution(
+    info: strawberry.Info[Context],
+    id: Annotated[
+        strawberry.ID, strawberry.argument(description="Your institution's id, e.g. northwood.")
+    ],
+) -> Institution:
     viewer = info.context.require_viewer()
     # Another institution is reported as missing, not forbidden: ids do not leak.
     rows = await repo.list_institutions(info.context.sessions, [str(id)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import replace
+from typing import Annotated
 
 import strawberry
 
@@ -18,6 +19,10 @@ from streams.presence import Member, Resync, Status
 
 MAX_MESSAGE = 200
 
+ChannelArg = Annotated[
+    str, strawberry.argument(description="The channel, e.g. `institution:northwood`.")
+]
+
 
 async def _member(ctx: Context, viewer: Viewer) -> Member:
     """The viewer as others see them: the directory's name, else their id."""
@@ -28,7 +33,7 @@ async def _member(ctx: Context, viewer: Viewer) -> Member:
 
 
 async def presence_events(
-    info: strawberry.Info[Context], channel: str
+    info: strawberry.Info[Context], channel: ChannelArg
 ) -> AsyncGenerator[PresenceEvent, None]:
     """Present on ``channel`` until the subscription ends; SNAPSHOT first, then changes."""
     ctx = info.context
@@ -56,14 +61,20 @@ async def presence_events(
         emit(ctx.services, viewer, "presence.leave", {"channel": parsed.name}, channel=parsed)
 
 
-async def presence(info: strawberry.Info[Context], channel: str) -> PresenceSnapshot:
+async def presence(info: strawberry.Info[Context], channel: ChannelArg) -> PresenceSnapshot:
     ctx = info.context
     parsed = await authorize(ctx, channel, Action.SUBSCRIBE)
     snapshot = await ctx.services.presence.snapshot(presence_key(parsed, ctx.require_viewer()))
     return PresenceSnapshot.from_snapshot(replace(snapshot, channel=parsed.name))
 
 
-async def online_count(info: strawberry.Info[Context], institution_id: strawberry.ID) -> int:
+async def online_count(
+    info: strawberry.Info[Context],
+    institution_id: Annotated[
+        strawberry.ID,
+        strawberry.argument(description="Your institution's id (another one: NOT_FOUND)."),
+    ],
+) -> int:
     """Distinct users of your institution holding a presence subscription anywhere."""
     viewer = info.context.require_viewer()
     if str(institution_id) != viewer.institution:  # ids of others do not leak
@@ -73,7 +84,14 @@ async def online_count(info: strawberry.Info[Context], institution_id: strawberr
 
 
 async def set_status(
-    info: strawberry.Info[Context], status: Status, message: str | None = None
+    info: strawberry.Info[Context],
+    status: Annotated[Status, strawberry.argument(description="Your new status.")],
+    message: Annotated[
+        str | None,
+        strawberry.argument(
+            description="A status message, at most 200 characters; omit or null to clear it."
+        ),
+    ] = None,
 ) -> StatusUpdate:
     """Applies on every channel where you are present (STATUS events) and to later joins."""
     ctx = info.context

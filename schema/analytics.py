@@ -8,57 +8,72 @@ from enum import StrEnum
 import strawberry
 from strawberry.scalars import JSON
 
+from schema.enums import graphql_enum
 from schema.scalars import Long
 
 
-@strawberry.enum
+@graphql_enum(
+    "The width of one point of a time series.",
+    MINUTE="One minute.",
+    HOUR="One hour (the default).",
+    DAY="One day (UTC).",
+)
 class Bucket(StrEnum):
     MINUTE = "minute"
     HOUR = "hour"
     DAY = "day"
 
 
-@strawberry.enum
+@graphql_enum(
+    "What a time series counts.",
+    EVENTS="Events of any type (or of `eventType`).",
+    ERRORS="Events that record an error.",
+    ACTIVE_USERS="Distinct users with at least one event in the bucket.",
+)
 class Metric(StrEnum):
     EVENTS = "events"
     ERRORS = "errors"
     ACTIVE_USERS = "active_users"
 
 
-@strawberry.enum
+@graphql_enum(
+    "What to break event counts down by.",
+    DEPARTMENT="By department id; events that carry none are left out.",
+    CLASSROOM="By classroom id; events that carry none are left out.",
+)
 class Breakdown(StrEnum):
     DEPARTMENT = "department"
     CLASSROOM = "classroom"
 
 
-@strawberry.type
+@strawberry.type(description="One bucket of a time series.")
 class Point:
-    at: datetime
-    value: Long
+    at: datetime = strawberry.field(description="Start of the bucket (UTC).")
+    value: Long = strawberry.field(description="The metric's value in the bucket; 0 if none.")
 
 
-@strawberry.type
+@strawberry.type(description="A count for one key (an event type, a department, ...).")
 class Count:
-    key: str
-    count: Long
+    key: str = strawberry.field(description="What is counted, e.g. `activity.page_view`.")
+    count: Long = strawberry.field(description="How many.")
 
 
 @strawberry.type(description="A live view of one institution, at most once a second.")
 class LiveMetrics:
-    at: datetime
+    at: datetime = strawberry.field(description="When this snapshot was taken (UTC).")
     active_users: int = strawberry.field(description="Distinct users with events, last 5 min.")
     events_per_minute: list[Count] = strawberry.field(description="Trailing minute, by type.")
-    errors_per_minute: int
+    errors_per_minute: int = strawberry.field(description="Error events, trailing minute.")
     messages_delivered_per_minute: int = strawberry.field(
         description="Delivered by the node serving this subscription, trailing minute."
     )
 
 
-@strawberry.type
+@strawberry.type(description="How far the analytics consumers are along one topic partition.")
 class PartitionHealth:
-    group: str
-    topic: str
-    partition: int
+    group: str = strawberry.field(description="The Kafka consumer group.")
+    topic: str = strawberry.field(description="The topic.")
+    partition: int = strawberry.field(description="The partition number.")
     next_offset: Long = strawberry.field(
         description="Next offset to apply, stored with the aggregates (what was applied)."
     )
@@ -78,11 +93,17 @@ class PartitionHealth:
     )
 
 
-@strawberry.type
+@strawberry.type(description="The event pipeline's health, for admins and services.")
 class SystemStatus:
-    event_log: str
-    events_emitted: Long
-    events_dropped: Long
+    event_log: str = strawberry.field(
+        description="Which event log this server writes to: `kafka`, or `memory` (embedded)."
+    )
+    events_emitted: Long = strawberry.field(
+        description="Events this server process handed to the log since it started."
+    )
+    events_dropped: Long = strawberry.field(
+        description="Events this server process dropped (buffer full) since it started."
+    )
     consumers: list[PartitionHealth] = strawberry.field(
         description="Every partition of the consumer group's topics (embedded mode: the "
         "in-process log's one)."
@@ -97,7 +118,12 @@ class SystemStatus:
     lag_error: str | None = strawberry.field(description="Why the lag is unknown, if it is.")
 
 
-@strawberry.input
+@strawberry.input(description="A frontend interaction to record as an analytics event.")
 class TrackActivityInput:
-    type: str = strawberry.field(description="e.g. page_view; stored as activity.<type>")
-    data: JSON | None = None
+    type: str = strawberry.field(
+        description="e.g. page_view; stored as activity.<type> (1-48 of a-z, 0-9, _ . -)."
+    )
+    data: JSON | None = strawberry.field(
+        default=None,
+        description="A JSON object with details (at most 8 KB as JSON); {} if omitted.",
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from enum import StrEnum
 from typing import Self, cast
@@ -12,12 +10,21 @@ import strawberry
 from strawberry.scalars import JSON
 
 from db.models import AuditEntry as AuditRow
+from schema import cursors
 from schema.alerts import aware
+from schema.enums import graphql_enum
 
-_CURSOR_PREFIX = "audit:"
+_CURSOR_PREFIX = "audit"
 
 
-@strawberry.enum
+@graphql_enum(
+    "How an audited request ended.",
+    OK="It was done.",
+    DENIED="Refused by the access rules (FORBIDDEN).",
+    NOT_FOUND="Refused as missing, or another institution's (NOT_FOUND).",
+    FAILED="Authentication failed.",
+    LIMITED="Refused by a rate or connection limit (RATE_LIMITED).",
+)
 class AuditOutcome(StrEnum):
     OK = "ok"
     DENIED = "denied"
@@ -29,33 +36,54 @@ class AuditOutcome(StrEnum):
 @strawberry.input(description="Conditions on audit rows; all optional, combined with AND.")
 class AuditFilter:
     action: str | None = strawberry.field(
-        default=None, description="e.g. publishAnnouncement, publish, connect, authenticate"
+        default=None,
+        description="Only this action, e.g. publishAnnouncement, publish, connect, authenticate.",
     )
-    outcome: AuditOutcome | None = None
-    actor: strawberry.ID | None = strawberry.field(default=None, description="a user id")
-    since: datetime | None = strawberry.field(default=None, description="inclusive")
-    until: datetime | None = strawberry.field(default=None, description="exclusive")
+    outcome: AuditOutcome | None = strawberry.field(
+        default=None, description="Only rows that ended this way."
+    )
+    actor: strawberry.ID | None = strawberry.field(
+        default=None, description="Only rows of this user id."
+    )
+    since: datetime | None = strawberry.field(
+        default=None, description="Only rows at or after this instant (inclusive)."
+    )
+    until: datetime | None = strawberry.field(
+        default=None, description="Only rows before this instant (exclusive)."
+    )
 
 
 @strawberry.type(description="One audit row: who, from where, did what to what, and how it went.")
 class AuditEntry:
-    id: strawberry.ID
-    at: datetime
+    id: strawberry.ID = strawberry.field(description="Grows with every row appended.")
+    at: datetime = strawberry.field(description="When it happened (UTC).")
     actor_id: strawberry.ID | None = strawberry.field(
         description="The verified user; null when nobody was authenticated."
     )
-    actor_role: str | None
-    institution_id: strawberry.ID | None
-    action: str
-    target: str | None
-    outcome: AuditOutcome
-    client_ip: str | None
-    user_agent: str | None
+    actor_role: str | None = strawberry.field(
+        description="The actor's token role (admin, teacher, ...); null without an actor."
+    )
+    institution_id: strawberry.ID | None = strawberry.field(
+        description="The actor's institution (always yours here)."
+    )
+    action: str = strawberry.field(
+        description="What was attempted: a mutation or query name, publish, connect, ..."
+    )
+    target: str | None = strawberry.field(
+        description="What it was attempted on, e.g. a channel or `alert:{id}`; null if nothing."
+    )
+    outcome: AuditOutcome = strawberry.field(description="How it ended.")
+    client_ip: str | None = strawberry.field(
+        description="The client's address (through trusted proxies); null if unknown."
+    )
+    user_agent: str | None = strawberry.field(
+        description="The client's User-Agent header, cut to 256 characters; null if none."
+    )
     request_id: str | None = strawberry.field(
         description="The same in every row of one HTTP request or WebSocket connection "
         "(HTTP responses carry it as X-Request-Id)."
     )
-    details: JSON
+    details: JSON = strawberry.field(description="What else the row records (a JSON object).")
 
     @classmethod
     def from_row(cls, row: AuditRow) -> Self:
@@ -77,7 +105,7 @@ class AuditEntry:
         )
 
 
-@strawberry.type
+@strawberry.type(description="A page of the audit log, newest first.")
 class AuditLogPage:
     rows: list[AuditEntry] = strawberry.field(description="Newest first.")
     next_cursor: str | None = strawberry.field(
@@ -87,16 +115,9 @@ class AuditLogPage:
 
 def encode_cursor(row_id: int) -> str:
     """Opaque to clients: they pass it back, they do not compute it."""
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{row_id}".encode()).decode().rstrip("=")
+    return cursors.encode_cursor(_CURSOR_PREFIX, row_id)
 
 
 def decode_cursor(cursor: str) -> int | None:
     """The row id in a cursor, or None if it is not one of ours."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    number = text.removeprefix(_CURSOR_PREFIX)
-    if not text.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 19:
-        return None
-    return int(number)
+    return cursors.decode_cursor(_CURSOR_PREFIX, cursor)

@@ -27,16 +27,17 @@ from resolvers import connection as conn_r
 from resolvers import institutions as inst_r
 from resolvers import notifications as note_r
 from resolvers import presence as pres_r
+from resolvers import users as user_r
 from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
-from schema.announcements import Announcement, ChannelEvent, ChannelPosition
+from schema.announcements import Announcement, AnnouncementPage, ChannelEvent, ChannelPosition
 from schema.audit import AuditLogPage
 from schema.connection import TokenRefresh
-from schema.directory import Institution, Me
+from schema.directory import Institution, Me, User
 from schema.errors import log_errors, masked, should_mask
 from schema.event_extension import EmitEvents
 from schema.limits import document_limits
-from schema.notifications import Notification, NotifyResult
+from schema.notifications import MarkReadPayload, Notification, NotificationPage, NotifyResult
 from schema.parsing import ParseCache
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
 from schema.scalars import SCALAR_MAP
@@ -89,41 +90,120 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
     Input objects are planned (``schema.inputs.plan_inputs``) by the caller when
     the ``inputs`` fast path is on."""
 
-    @strawberry.type
+    @strawberry.type(
+        description=(
+            "Reads. Every field but `me` and `institutions` is nullable: when one fails "
+            "(NOT_FOUND, FORBIDDEN, BAD_INPUT, ...) it is null with its error in `errors`, "
+            "and the other fields of the response are still there."
+        )
+    )
     class Query:
+        me: Me = strawberry.field(
+            resolver=inst_r.me,
+            description=(
+                "You, as your token describes you. Non-null: it fails only when the request "
+                "is not authenticated, and then every field does."
+            ),
+        )
+        user: User | None = strawberry.field(
+            resolver=user_r.user,
+            description=(
+                "A person of your institution, e.g. to show the name behind an id. Null with "
+                "NOT_FOUND for an unknown id or anyone of another institution."
+            ),
+        )
         institutions: list[Institution] = strawberry.field(
             resolver=inst_r.institutions,
             description="Institutions visible to you (your own).",
         )
-        institution: Institution = strawberry.field(resolver=inst_r.institution)
-        me: Me = strawberry.field(resolver=inst_r.me)
-        announcements: list[Announcement] = strawberry.field(
+        institution: Institution | None = strawberry.field(
+            resolver=inst_r.institution,
+            description="Your institution by id; null with NOT_FOUND for any other id.",
+        )
+        announcement_page: AnnouncementPage | None = strawberry.field(
+            resolver=ann_r.announcement_page,
+            description=(
+                "A channel's announcements, newest first, `first` at a time after the cursor "
+                "`after`: every stored announcement is reachable. Null with FORBIDDEN, "
+                "BAD_CHANNEL or BAD_INPUT."
+            ),
+        )
+        announcements: list[Announcement] | None = strawberry.field(
             resolver=ann_r.announcements,
             description="The newest `last` announcements of a channel, oldest first.",
+            deprecation_reason=(
+                "Use `announcementPage` (newest first, with a cursor to reach older ones)."
+            ),
         )
-        channel_position: ChannelPosition = strawberry.field(
+        channel_position: ChannelPosition | None = strawberry.field(
             resolver=chan_r.channel_position,
-            description="Where a channel is now; subscribe with `since` to resume from it.",
+            description=(
+                "Where a channel is now; subscribe with `since` to resume from it. Null with "
+                "FORBIDDEN, BAD_CHANNEL or BAD_INPUT."
+            ),
         )
-        analytics: list[Point] = strawberry.field(resolver=an_r.analytics)
-        top_events: list[Count] = strawberry.field(resolver=an_r.top_events)
-        active_users: int = strawberry.field(resolver=an_r.active_users)
-        event_breakdown: list[Count] = strawberry.field(resolver=an_r.event_breakdown)
-        system_status: SystemStatus = strawberry.field(resolver=an_r.system_status)
-        presence: PresenceSnapshot = strawberry.field(
-            resolver=pres_r.presence, description="Who is present on a channel now."
+        notification_page: NotificationPage | None = strawberry.field(
+            resolver=note_r.notification_page,
+            description=(
+                "Your notifications, newest first, `first` at a time after the cursor "
+                "`after`, with your unread count. Null with BAD_INPUT."
+            ),
         )
-        online_count: int = strawberry.field(
+        notifications: list[Notification] | None = strawberry.field(
+            resolver=note_r.notifications,
+            description="Your newest `last` notifications, newest first.",
+            deprecation_reason=(
+                "Use `notificationPage` (a cursor to reach older ones, and unreadCount)."
+            ),
+        )
+        alert: Alert | None = strawberry.field(
+            resolver=al_r.alert,
+            description=(
+                "An alert that targets you, or that you manage (admins, services, whoever "
+                "raised it; they also get its roll-call). Null with NOT_FOUND otherwise."
+            ),
+        )
+        presence: PresenceSnapshot | None = strawberry.field(
+            resolver=pres_r.presence,
+            description="Who is present on a channel now. Null with FORBIDDEN or BAD_CHANNEL.",
+        )
+        online_count: int | None = strawberry.field(
             resolver=pres_r.online_count,
             description="Users of your institution present on any channel now.",
         )
-        alert: Alert = strawberry.field(
-            resolver=al_r.alert, description="An alert; with its roll-call for those who manage it."
+        analytics: list[Point] | None = strawberry.field(
+            resolver=an_r.analytics,
+            description=(
+                "A time series, one point per bucket in [from, to), zeros included, oldest "
+                "first. Admins and services of the institution."
+            ),
         )
-        notifications: list[Notification] = strawberry.field(
-            resolver=note_r.notifications, description="Your newest notifications, newest first."
+        top_events: list[Count] | None = strawberry.field(
+            resolver=an_r.top_events,
+            description=(
+                "The most frequent event types in [from, to), most frequent first. Admins "
+                "and services of the institution."
+            ),
         )
-        audit_log: AuditLogPage = strawberry.field(
+        active_users: int | None = strawberry.field(
+            resolver=an_r.active_users,
+            description=(
+                "Distinct users with at least one event in [from, to), exact over any range. "
+                "Admins and services of the institution."
+            ),
+        )
+        event_breakdown: list[Count] | None = strawberry.field(
+            resolver=an_r.event_breakdown,
+            description=(
+                "Events in [from, to) per department or classroom, most first. Admins and "
+                "services of the institution."
+            ),
+        )
+        system_status: SystemStatus | None = strawberry.field(
+            resolver=an_r.system_status,
+            description="The event pipeline's health and consumer lag; admins and services.",
+        )
+        audit_log: AuditLogPage | None = strawberry.field(
             resolver=audit_r.audit_log,
             description=(
                 "Your institution's audit log, newest first, `first` (at most 500) rows "
@@ -131,28 +211,68 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
             ),
         )
 
-    @strawberry.type
-    class Mutation:
-        publish_announcement: Announcement = strawberry.mutation(
-            resolver=ann_r.publish_announcement,
-            description="Store an announcement, audit it and publish it on its channel.",
+    @strawberry.type(
+        description=(
+            "Writes. Every field is nullable: one that fails is null with its error in "
+            "`errors`, and the others of the same request still run and answer."
         )
-        track_activity: bool = strawberry.mutation(resolver=an_r.track_activity)
-        set_status: StatusUpdate = strawberry.mutation(
+    )
+    class Mutation:
+        publish_announcement: Announcement | None = strawberry.mutation(
+            resolver=ann_r.publish_announcement,
+            description=(
+                "Store an announcement, audit it and publish it on its channel; returns the "
+                "stored announcement, as subscribers get it."
+            ),
+        )
+        track_activity: bool | None = strawberry.mutation(
+            resolver=an_r.track_activity,
+            description=(
+                "Record a frontend interaction as the event activity.<type>; false if the "
+                "event log dropped it (its buffer was full)."
+            ),
+        )
+        set_status: StatusUpdate | None = strawberry.mutation(
             resolver=pres_r.set_status,
             description="Your status (and message) on every channel where you are present.",
         )
-        raise_alert: Alert = strawberry.mutation(
+        raise_alert: Alert | None = strawberry.mutation(
             resolver=al_r.raise_alert,
             description="Store, audit and deliver an alert to its targets' people.",
         )
-        acknowledge_alert: Acknowledgement = strawberry.mutation(resolver=al_r.acknowledge_alert)
-        resolve_alert: Alert = strawberry.mutation(resolver=al_r.resolve_alert)
-        notify: NotifyResult = strawberry.mutation(
-            resolver=note_r.notify, description="Persist and deliver a private notification."
+        acknowledge_alert: Acknowledgement | None = strawberry.mutation(
+            resolver=al_r.acknowledge_alert,
+            description=(
+                "Acknowledge an alert that targets you (once; BAD_INPUT if already, or if "
+                "it is resolved). Select `alert` to get the updated alert."
+            ),
         )
-        mark_read: int = strawberry.mutation(resolver=note_r.mark_read)
-        refresh_connection_token: TokenRefresh = strawberry.mutation(
+        resolve_alert: Alert | None = strawberry.mutation(
+            resolver=al_r.resolve_alert,
+            description=(
+                "Resolve an open alert (admins, or whoever raised it); returns the updated "
+                "alert and announces it on the same channels (kind alert.resolved)."
+            ),
+        )
+        notify: NotifyResult | None = strawberry.mutation(
+            resolver=note_r.notify,
+            description="Persist and deliver a private notification (admins and services).",
+        )
+        mark_notifications_read: MarkReadPayload | None = strawberry.mutation(
+            resolver=note_r.mark_notifications_read,
+            description=(
+                "Mark your notifications read; returns them (with `readAt`) and your unread "
+                "count, so a client cache updates what it holds."
+            ),
+        )
+        mark_read: int | None = strawberry.mutation(
+            resolver=note_r.mark_read,
+            description="Mark your notifications read; returns how many were unread.",
+            deprecation_reason=(
+                "Use `markNotificationsRead`, which returns the notifications and unreadCount."
+            ),
+        )
+        refresh_connection_token: TokenRefresh | None = strawberry.mutation(
             resolver=conn_r.refresh_connection_token,
             description=(
                 "Over a WebSocket only: run this connection on a new token (same sub, "
@@ -161,7 +281,12 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
             ),
         )
 
-    @strawberry.type
+    @strawberry.type(
+        description=(
+            "Live streams, over graphql-transport-ws, graphql-ws, SSE or multipart HTTP. A "
+            "subscription that fails ends with one result carrying the error, then complete."
+        )
+    )
     class Subscription:
         # The resolver is an async generator of ChannelEvent; mypy sees the field type.
         channel: ChannelEvent = strawberry.subscription(  # type: ignore[assignment]
@@ -173,7 +298,11 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
         )
 
         live_metrics: LiveMetrics = strawberry.subscription(  # type: ignore[assignment]
-            resolver=an_r.live_metrics
+            resolver=an_r.live_metrics,
+            description=(
+                "The institution's live numbers, when they change, at most once a second. "
+                "Admins and services of the institution."
+            ),
         )
         alerts: Alert = strawberry.subscription(  # type: ignore[assignment]
             resolver=al_r.alerts, description="Alerts raised and resolved in your institution."

@@ -13,6 +13,7 @@ from api.clientinfo import TrustedProxies, client_ip, user_agent
 from db.engine import Sessions
 from db.repo import Actor
 from schema.errors import Unauthenticated
+from schema.loaders import Loaders
 from streams.acl import Viewer
 from streams.bus import Bus
 from streams.events import EventLog
@@ -61,10 +62,19 @@ class Context:
     # the same in every audit row the request or connection causes.
     request_id: str | None = None
     _origin: tuple[str | None, str | None] | None = field(default=None, repr=False)
+    _loaders: Loaders | None = field(default=None, repr=False)
 
     @property
     def sessions(self) -> Sessions:
         return self.services.sessions
+
+    @property
+    def loaders(self) -> Loaders:
+        """Batched lookups for fields that reference rows by id (``schema.loaders``),
+        made on first use: most operations select no such field."""
+        if self._loaders is None:
+            self._loaders = Loaders(self.sessions)
+        return self._loaders
 
     @property
     def bus(self) -> Bus:

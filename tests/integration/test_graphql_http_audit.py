@@ -125,20 +125,26 @@ def test_request_errors_keep_their_codes_in_both_media_types(
 
 @pytest.mark.parametrize("accept", [JSON, GRAPHQL_RESPONSE])
 @pytest.mark.parametrize(
-    ("query", "headers", "code"),
+    ("query", "headers", "code", "data"),
     [
-        ('{ institution(id: "riverside") { id } }', {}, "NOT_FOUND"),
-        ("{ me { id } }", {"Authorization": ""}, "UNAUTHENTICATED"),
+        # A nullable root field is nulled by its error; a non-null one nulls `data`.
+        ('{ institution(id: "riverside") { id } }', {}, "NOT_FOUND", {"institution": None}),
+        ("{ me { id } }", {"Authorization": ""}, "UNAUTHENTICATED", None),
     ],
 )
 def test_field_errors_are_200_with_data_in_both_media_types(
-    embedded_server: ServerProcess, accept: str, query: str, headers: dict[str, str], code: str
+    embedded_server: ServerProcess,
+    accept: str,
+    query: str,
+    headers: dict[str, str],
+    code: str,
+    data: dict[str, None] | None,
 ) -> None:
     headers = {"Authorization": f"Bearer {token('nw-ada')}", "Accept": accept, **headers}
     response = httpx.post(f"{embedded_server.url}/graphql", json={"query": query}, headers=headers)
     assert response.status_code == 200
     body = response.json()
-    assert body["data"] is None and [e["extensions"]["code"] for e in body["errors"]] == [code]
+    assert body["data"] == data and [e["extensions"]["code"] for e in body["errors"]] == [code]
 
 
 @pytest.mark.parametrize("accept", [JSON, GRAPHQL_RESPONSE])

@@ -68,7 +68,7 @@ def test_execute_cost_runs_the_publish_documents_shape() -> None:
         assert print_type(mirror.type_map[name]) == print_type(real.type_map[name])
     fields = [s.mutation_type.fields["publishAnnouncement"] for s in (mirror, real)]  # type: ignore[union-attr]
     assert [(str(f.type), {n: str(a.type) for n, a in f.args.items()}) for f in fields] == [
-        ("Announcement!", {"input": "PublishAnnouncementInput!"})
+        ("Announcement", {"input": "PublishAnnouncementInput!"})
     ] * 2
 
     done = subprocess.run(

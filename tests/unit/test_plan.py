@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import strawberry
 
-from api.plan import Planner
+from api.plan import Plan, Planner
 from api.settings import Settings
 from schema.build import build_schema, limit_rules
 from schema.viewer import VIEWER_DEPENDENT
@@ -131,3 +131,79 @@ def test_missing_or_null_variables_mean_none(payload: dict[str, Any]) -> None:
     assert planner.operation({"query": "{ hello }", **payload}) is not None
     document = 'subscription { channel(name: "c") { title } }'
     assert planner.plan({"query": document, **payload}) is not None
+
+
+def real_planner() -> Planner:
+    settings = Settings()
+    return Planner(
+        build_schema(settings)._schema, max_tokens=2000, limit_rules=limit_rules(settings)
+    )
+
+
+def channel_plan(arguments: str, c: object = None) -> Plan | None:
+    """The plan of ``channel(<arguments>) { offset }``, with ``$c`` declared if used."""
+    declared = "($c: String)" if "$c" in arguments else ""
+    args = f"({arguments})" if arguments else ""
+    query = f"subscription{declared} {{ channel{args} {{ offset }} }}"
+    return real_planner().plan({"query": query, "variables": {"c": c} if declared else {}})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "c", "channel"),
+    [
+        ('channel: "institution:northwood"', None, "institution:northwood"),
+        ('name: "institution:northwood"', None, "institution:northwood"),  # deprecated
+        ("channel: $c", "institution:riverside", "institution:riverside"),
+        ("name: $c", "institution:riverside", "institution:riverside"),
+        ('channel: $c, name: null, since: {offset: 1, epoch: "e"}', "x", "x"),
+        ('channel: $c, name: "b"', None, "b"),  # a null channel is no channel
+    ],
+)
+def test_the_channel_argument_and_its_deprecated_name_plan_alike(
+    arguments: str, c: object, channel: str
+) -> None:
+    plan = channel_plan(arguments, c)
+    assert plan is not None and plan.name == channel
+
+
+@pytest.mark.parametrize(
+    ("arguments", "c"),
+    [
+        ('channel: "a", name: "b"', None),
+        ("", None),
+        ("channel: null", None),
+        ("channel: $c", None),
+        ('channel: $c, name: "b"', "a"),
+    ],
+)
+def test_both_or_neither_channel_argument_is_left_to_strawberry(arguments: str, c: object) -> None:
+    """Strawberry's path answers BAD_INPUT (resolvers.channels.requested)."""
+    assert channel_plan(arguments, c) is None
+
+
+@pytest.mark.parametrize(
+    ("selection", "fragments"),
+    [
+        ("announcement { author { displayName } }", ""),
+        ("notification { sender { id } }", ""),
+        ("alert { raisedByUser { id } }", ""),
+        ("alert { acknowledgedByMeAt }", ""),
+        ("...F", "fragment F on ChannelEvent { announcement { author { id } } }"),
+        ("announcement { ...A }", "fragment A on Announcement { author { id } }"),
+    ],
+)
+def test_selections_that_read_the_database_take_strawberrys_path(
+    selection: str, fragments: str
+) -> None:
+    """A group executes synchronously (api.multiplex); these fields are coroutines."""
+    query = f'subscription {{ channel(channel: "c") {{ {selection} }} }} {fragments}'
+    assert real_planner().plan({"query": query}) is None
+
+
+def test_selections_without_such_fields_are_still_multiplexed() -> None:
+    selection = (
+        "offset epoch type kind fromMe announcement { id authorId title priority } "
+        "alert { id raisedById raisedBy rollCall { pendingCount } } notification { senderId }"
+    )
+    query = f'subscription {{ channel(channel: "c") {{ {selection} }} }}'
+    assert real_planner().plan({"query": query}) is not None
