@@ -12,12 +12,10 @@ acknowledgement moves the alert's roll-call; a server restart shows the
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import httpx
 from playwright.async_api import Page
 
 from tests.browser import browser, offline_page
+from tests.pages import references, sri
 from tests.server import REPO, ServerProcess, token
 
 VENDOR = REPO / "api" / "static" / "dashboard" / "vendor"
@@ -39,24 +38,6 @@ def manifest() -> dict[str, Any]:
     return loaded
 
 
-class _References(HTMLParser):
-    """Every file the page loads: (tag, url, integrity)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[str, str, str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        url = a.get("src") if tag == "script" else a.get("href") if tag == "link" else None
-        if url:
-            self.found.append((tag, url, a.get("integrity")))
-
-
-def sri(hex_digest: str) -> str:
-    return "sha256-" + base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
 def test_every_file_the_page_loads_is_served_and_matches_the_manifest(
     embedded_server: ServerProcess,
 ) -> None:
@@ -65,12 +46,10 @@ def test_every_file_the_page_loads_is_served_and_matches_the_manifest(
     assert page.headers["content-type"].startswith("text/html")
     assert page.headers["cache-control"] == "no-cache"
     assert "default-src 'none'" in page.headers["content-security-policy"]
-    parser = _References()
-    parser.feed(page.text)
     vendored = {f["path"]: f for f in manifest()["files"]}
 
     loaded = []
-    for tag, url, integrity in parser.found:
+    for tag, url, integrity in references(page.text):
         response = httpx.get(f"{embedded_server.url}{url}", headers={"Accept-Encoding": "gzip"})
         assert response.status_code == 200, url
         digest = hashlib.sha256(response.content).hexdigest()

@@ -12,12 +12,10 @@ here fails: it loads its files from a CDN.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import time
 from collections.abc import Callable
-from html.parser import HTMLParser
 from typing import Any
 
 import httpx
@@ -25,6 +23,7 @@ from playwright.async_api import Page
 
 from tests.browser import browser, offline_page
 from tests.integration.test_embedded_ws import MATH_101, PUBLISH
+from tests.pages import references, sri
 from tests.server import REPO, ServerProcess, token
 
 ASSETS = REPO / "api" / "static" / "graphiql"
@@ -35,26 +34,6 @@ WAIT_MS = 10_000
 def manifest() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((ASSETS / "manifest.json").read_text())
     return loaded
-
-
-class _References(HTMLParser):
-    """Every URL the page loads: (tag, url, integrity)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[tuple[str, str, str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        url = a.get("src") if tag == "script" else a.get("href") if tag == "link" else None
-        if url:
-            self.found.append((tag, url, a.get("integrity")))
-
-
-def references(page: str) -> list[tuple[str, str, str | None]]:
-    parser = _References()
-    parser.feed(page)
-    return parser.found
 
 
 def test_every_file_the_page_loads_is_served_and_matches_the_manifest(
@@ -75,8 +54,7 @@ def test_every_file_the_page_loads_is_served_and_matches_the_manifest(
         assert response.status_code == 200, url
         assert hashlib.sha256(response.content).hexdigest() == entry["sha256"], url
         assert "immutable" in response.headers["cache-control"]
-        digest = base64.b64encode(bytes.fromhex(entry["sha256"])).decode()
-        assert integrity == f"sha256-{digest}", url
+        assert integrity == sri(entry["sha256"]), url
         served.append((entry["load"], entry["path"]))
     # Everything the manifest says the page loads; scripts in the manifest's order.
     for kind in ("style", "script"):
