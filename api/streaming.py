@@ -159,12 +159,16 @@ class Reservation:
     end: Callable[[Ended], None] | None = None  # set while the stream is open
     timer: asyncio.TimerHandle | None = None
 
+    overflowed: bool = False
+
     def put(self, event: str, data: str) -> bool:
-        """Queue one event for the stream; False if it is too slow (or was never
-        opened) and holds ``STREAM_QUEUE`` unread events: then it is ended."""
+        """Queue one event for the stream; False if it is too slow (or not opened
+        yet) and holds ``STREAM_QUEUE`` unread events: then it is ended, at once or
+        as soon as it opens, with SLOW_CONSUMER for every operation still listed."""
         try:
             self.queue.put_nowait(_SSE.encode_event(event, data))
         except asyncio.QueueFull:
+            self.overflowed = True
             if self.end is not None:
                 self.end(Ended(*SLOW))
             return False
@@ -607,6 +611,8 @@ class HTTPStreams:
                 ended.set_result(reason)
 
         reservation.end = end
+        if reservation.overflowed:  # it filled up before anyone opened it
+            end(Ended(*SLOW))
         self._enders.add(end)
         expiry = _schedule(context, end)
         metrics.http_streams.labels(transport="sse").inc()
@@ -693,9 +699,11 @@ class HTTPStreams:
         op_id: str,
     ) -> None:
         encode = self._view.encode_json_string
+        cut = False  # the stream overflowed: stay listed, so its end tells this one too
         try:
             async for response in self._results(context, request, payload):
                 if not reservation.put("next", encode({"id": op_id, "payload": response})):
+                    cut = True
                     return
             reservation.put("complete", encode({"id": op_id}))
         except Exception as exc:  # an error outside any resolver: masked, then complete
@@ -707,7 +715,7 @@ class HTTPStreams:
             reservation.put("next", encode({"id": op_id, "payload": result}))
             reservation.put("complete", encode({"id": op_id}))
         finally:
-            if reservation.operations.get(op_id) is asyncio.current_task():
+            if not cut and reservation.operations.get(op_id) is asyncio.current_task():
                 del reservation.operations[op_id]
 
     async def _stop(self, request: Request, token: str) -> Response:
