@@ -319,15 +319,17 @@ class HTTPStreams:
                 assert viewer is not None
                 view.admission.subject_operations.add(viewer.user_id, -1)
 
-    def _take_slots(self, context: Context) -> Slots | None:
+    def _take_slots(self, context: Context) -> Slots | str:
+        """The stream's connection slots, or the name of the limit that refused it
+        (``ip_connections`` or ``subject_connections``, as a WebSocket's would be)."""
         admission = self._view.admission
         ip = context.origin[0]
         if not admission.open_ip(ip):
-            return None
+            return "ip_connections"
         viewer = context.viewer
         if viewer is not None and not admission.open_subject(viewer):
             admission.close_ip(ip)
-            return None
+            return "subject_connections"
         return Slots(admission, ip, viewer)
 
     # -- distinct connections mode and multipart -------------------------------------
@@ -354,8 +356,8 @@ class HTTPStreams:
             await refused(scope, receive, send)
             return
         slots = self._take_slots(context)
-        if slots is None:
-            await limit_hit(context, "ip_connections")
+        if isinstance(slots, str):
+            await limit_hit(context, slots)
             await _json(429, TOO_MANY_CONNECTIONS, "RATE_LIMITED")(scope, receive, send)
             return
         transport = _MULTIPART if multipart else _SSE
@@ -546,8 +548,8 @@ class HTTPStreams:
         if context.viewer is None:
             return _json(401, context.auth_error or "authentication required", "UNAUTHENTICATED")
         slots = self._take_slots(context)
-        if slots is None:
-            await limit_hit(context, "ip_connections")
+        if isinstance(slots, str):
+            await limit_hit(context, slots)
             return _json(429, TOO_MANY_CONNECTIONS, "RATE_LIMITED")
         token = secrets.token_urlsafe(24)
         reservation = Reservation(token, context.viewer, slots)
