@@ -25,11 +25,19 @@ from playwright.async_api import Browser, Page, Route, async_playwright
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
+def missing(reason: str) -> None:
+    """Skip a test whose tool is not installed, saying which; under CI (``CI`` set)
+    fail instead, so a CI machine that lost the tool cannot pass by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def chromium_path() -> str:
     """The browser binary, or skip the test with what is missing."""
     path = os.environ.get("EDUMATRIX_TEST_CHROMIUM", "/usr/bin/chromium")
     if not Path(path).exists():
-        pytest.skip(f"no browser at {path}: install Debian's chromium (apt-get install chromium)")
+        missing(f"no browser at {path}: install Debian's chromium (apt-get install chromium)")
     return path
 
 

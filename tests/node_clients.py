@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.browser import missing
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -29,12 +29,12 @@ def require_node() -> str:
     ``npm ci --prefix tests/node`` (``make test`` runs it)."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("Node.js is not installed: the JavaScript client tests need node >= 20")
+        missing("Node.js is not installed: the JavaScript client tests need node >= 20")
     if (
         not (NODE_DIR / "node_modules" / ".installed").exists()
         and not (NODE_DIR / "node_modules" / "graphql").exists()
     ):
-        pytest.skip("tests/node has no node_modules: run `npm ci --prefix tests/node`")
+        missing("tests/node has no node_modules: run `npm ci --prefix tests/node`")
     return node
 
 
