@@ -156,7 +156,7 @@ class Reservation:
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(STREAM_QUEUE))
     operations: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     opened: bool = False
-    end: Callable[[Ended], None] | None = None  # set while the stream is open
+    end: Callable[[Ended | None], None] | None = None  # set while the stream is open
     timer: asyncio.TimerHandle | None = None
 
     overflowed: bool = False
@@ -195,7 +195,7 @@ class HTTPStreams:
         self._heartbeat = heartbeat_seconds
         self._reservation_seconds = reservation_seconds
         self._reservations: dict[str, Reservation] = {}
-        self._enders: set[Callable[[Ended], None]] = set()
+        self._enders: set[Callable[[Ended | None], None]] = set()
         self.draining = False
 
     def __len__(self) -> int:
@@ -380,14 +380,7 @@ class HTTPStreams:
     ) -> None:
         """One operation on one response, until it completes, the client leaves, the
         token expires or the server shuts down."""
-        metrics = context.services.metrics
         label = "multipart" if transport is _MULTIPART else "sse"
-        ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
-
-        def end(reason: Ended) -> None:
-            if not ended.done():
-                ended.set_result(reason)
-
         headers = [(k.lower().encode(), v.encode()) for k, v in transport.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         lock = asyncio.Lock()
@@ -405,9 +398,8 @@ class HTTPStreams:
             async for response in self._results(context, request, payload):
                 await write(transport.encode_next(response, encode))
 
-        self._enders.add(end)
-        expiry = _schedule(context, end)
-        metrics.http_streams.labels(transport=label).inc()
+        life = _Lifetime(self, context, label)
+        ended = life.ended
         producer = asyncio.create_task(produce())
         watcher = asyncio.create_task(_disconnected(request.receive))
         beats = asyncio.create_task(
@@ -422,7 +414,9 @@ class HTTPStreams:
                 producer.cancel()
                 with suppress(asyncio.CancelledError):
                     await producer
-                await write(transport.encode_next(ended.result().payload, encode))
+                reason = ended.result()
+                assert reason is not None  # only the multiplexer ends with None
+                await write(transport.encode_next(reason.payload, encode))
             elif (failure := producer.exception()) is not None:
                 # An error outside any resolver: the client still gets a coded error
                 # and complete, not a cut stream (logged here with its traceback).
@@ -437,10 +431,7 @@ class HTTPStreams:
         except OSError:
             pass  # the client went away while we wrote
         finally:
-            self._enders.discard(end)
-            if expiry is not None:
-                expiry.cancel()
-            metrics.http_streams.labels(transport=label).dec()
+            life.close()
             for task in (producer, watcher, beats):
                 task.cancel()
             for task in (producer, watcher, beats):
@@ -479,23 +470,16 @@ class HTTPStreams:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         plan = replace(plan, channel=channel.name)
-        ended: asyncio.Future[Ended | None] = asyncio.get_running_loop().create_future()
-
-        def end(reason: Ended | None) -> None:
-            if not ended.done():
-                ended.set_result(reason)
-
-        outbox = StreamOutbox(send, services.mux.outbox_limit, lambda: end(Ended(*SLOW)))
+        label = "multipart" if transport is _MULTIPART else "sse"
+        life = _Lifetime(self, context, label)
+        ended = life.ended
+        outbox = StreamOutbox(send, services.mux.outbox_limit, lambda: life.end(Ended(*SLOW)))
         member = StreamMember("", outbox, b"", build=_builder(transport))
-        member.on_end = lambda: end(None)  # the multiplexer ended it and said why
+        member.on_end = lambda: life.end(None)  # the multiplexer ended it and said why
         viewer = context.viewer
         if viewer is not None:
             self._view.admission.subject_operations.add(viewer.user_id, 1)
         key = plan.group_key(context)
-        label = "multipart" if transport is _MULTIPART else "sse"
-        self._enders.add(end)
-        expiry = _schedule(context, end)
-        services.metrics.http_streams.labels(transport=label).inc()
         emit(services, viewer, "subscription.start", {"channel": channel.name}, channel=channel)
         since = Position(int(plan.since["offset"]), plan.since["epoch"]) if plan.since else None
         watcher = asyncio.create_task(_disconnected(request.receive))
@@ -522,12 +506,9 @@ class HTTPStreams:
         except OSError:
             pass
         finally:
-            self._enders.discard(end)
-            if expiry is not None:
-                expiry.cancel()
+            life.close()
             await services.mux.leave(key, member)
             await outbox.stop()
-            services.metrics.http_streams.labels(transport=label).dec()
             if viewer is not None:
                 self._view.admission.subject_operations.add(viewer.user_id, -1)
             emit(services, viewer, "subscription.stop", {"channel": channel.name}, channel=channel)
@@ -606,18 +587,11 @@ class HTTPStreams:
         async def write(text: str) -> None:
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
 
-        ended: asyncio.Future[Ended] = asyncio.get_running_loop().create_future()
-
-        def end(reason: Ended) -> None:
-            if not ended.done():
-                ended.set_result(reason)
-
-        reservation.end = end
+        life = _Lifetime(self, context, "sse")
+        ended = life.ended
+        reservation.end = life.end
         if reservation.overflowed:  # it filled up before anyone opened it
-            end(Ended(*SLOW))
-        self._enders.add(end)
-        expiry = _schedule(context, end)
-        metrics.http_streams.labels(transport="sse").inc()
+            life.end(Ended(*SLOW))
         watcher = asyncio.create_task(_disconnected(request.receive))
         encode = self._view.encode_json_string
         try:
@@ -641,6 +615,7 @@ class HTTPStreams:
                     continue
                 if ended in done:
                     reason = ended.result()
+                    assert reason is not None  # only the multiplexer ends with None
                     if reason.code == SLOW[1]:
                         metrics.slow_subscribers.inc()
                     await self._flush(reservation, write)
@@ -654,10 +629,7 @@ class HTTPStreams:
         except OSError:
             pass
         finally:
-            self._enders.discard(end)
-            if expiry is not None:
-                expiry.cancel()
-            metrics.http_streams.labels(transport="sse").dec()
+            life.close()
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
@@ -748,7 +720,32 @@ class HTTPStreams:
         return len(enders)
 
 
-def _schedule(context: Context, end: Callable[[Ended], None]) -> asyncio.TimerHandle | None:
+class _Lifetime:
+    """One open stream's end: ``ended`` resolves with why (None: the multiplexer
+    ended it and told the client itself), ``end`` is how the token's deadline, a
+    drain or an overflow end it; registered for drain and counted in
+    ``edumatrix_http_streams`` until :meth:`close`."""
+
+    def __init__(self, streams: HTTPStreams, context: Context, label: str) -> None:
+        self.ended: asyncio.Future[Ended | None] = asyncio.get_running_loop().create_future()
+        self._streams = streams
+        self._gauge = context.services.metrics.http_streams.labels(transport=label)
+        streams._enders.add(self.end)
+        self._expiry = _schedule(context, self.end)
+        self._gauge.inc()
+
+    def end(self, reason: Ended | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    def close(self) -> None:
+        self._streams._enders.discard(self.end)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._gauge.dec()
+
+
+def _schedule(context: Context, end: Callable[[Ended | None], None]) -> asyncio.TimerHandle | None:
     """End the stream when its token stops being accepted (``TokenService.deadline``)."""
     viewer = context.viewer
     deadline = None if viewer is None else context.services.tokens.deadline(viewer)
