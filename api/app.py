@@ -35,6 +35,7 @@ from api.clientinfo import TrustedProxies
 from api.connections import Connections
 from api.graphiql import ASSETS_PATH, GraphiQLPage
 from api.graphql import GraphQLView, multiplexed_handler_class
+from api.live_stats import build_delivery_stats, build_presence_history
 from api.logs import configure_logging
 from api.metrics import Metrics
 from api.multiplex import Multiplexer
@@ -261,6 +262,11 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             await lag.start()
         presence = build_presence(settings)
         await presence.start()
+        # Deployment-wide delivery numbers and presence over the last hour.
+        delivery = build_delivery_stats(settings, metrics.minutes)
+        await delivery.start()
+        presence_history = build_presence_history(settings, presence, metrics.registry)
+        await presence_history.start()
         announcements = AnnouncementWriter(engine)
         audit = AuditTrail(sessions, per_minute=settings.audit_failed_auth_per_minute)
         outbox = OutboxRelay(engine, bus, metrics.registry)
@@ -285,6 +291,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             outbox=outbox,
             trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
             lag=lag,
+            delivery=delivery,
+            presence_history=presence_history,
         )
         # Everything built so far (schema, SQLAlchemy metadata, imported modules)
         # lives as long as the process; the cyclic GC's full collections walked all
@@ -298,7 +306,9 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             yield {"services": services}
         finally:
             steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+                ("presence_history", presence_history.close, 5.0),
                 ("presence", presence.close, 5.0),  # members of this process leave now
+                ("delivery_stats", delivery.close, 5.0),  # the last second's counts
                 ("events", events.close, 10.0),  # flush buffered events first
                 ("announcements", announcements.close, 5.0),
                 ("outbox", outbox.close, 5.0),  # delete what went out; the rest waits

@@ -10,15 +10,18 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streams.delivery_stats import MinuteCounter
 from streams.envelope import Envelope
+from streams.latency import LATENCY_BUCKETS
 
-# Seconds; fine below 50 ms, where the delivery and publish targets are.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # This process's deliveries per minute, flushed to the deployment's store.
+        self.minutes = MinuteCounter()
         r = self.registry
         self.connections = Gauge(
             "edumatrix_websocket_connections", "Open GraphQL WebSocket connections", registry=r
@@ -106,6 +109,11 @@ class Metrics:
         self.delivered.inc()
         self.observe_latency(envelope)
 
-    def observe_latency(self, envelope: Envelope) -> None:
-        lag = time.time() - envelope.published_at_ms / 1000
-        self.delivery_latency.observe(max(lag, 0.0))
+    def observe_latency(self, envelope: Envelope, deliveries: int = 1) -> None:
+        """One histogram observation; ``deliveries`` (a multiplexed group's members
+        that got the message) go to the deployment's per-minute numbers, each with
+        this latency (``streams/delivery_stats.py``)."""
+        now = time.time()
+        lag = max(now - envelope.published_at_ms / 1000, 0.0)
+        self.delivery_latency.observe(lag)
+        self.minutes.add(now, lag, deliveries)

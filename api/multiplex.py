@@ -524,9 +524,9 @@ class Multiplexer:
         if isinstance(item, Envelope) and live:
             self._metrics.delivered.inc(live)
             if coalescer.pending:  # "written to sockets" is when the held frames are
-                coalescer.after_flush(lambda: self._metrics.observe_latency(item))
+                coalescer.after_flush(lambda: self._metrics.observe_latency(item, live))
             else:
-                self._metrics.observe_latency(item)
+                self._metrics.observe_latency(item, live)
 
     async def _replay(self, group: Group, member: Member, since: Position) -> None:
         try:

@@ -248,6 +248,27 @@ class Settings(BaseSettings):
         le=30.0,
         description="a dead process's presence members leave within 1.25x this",
     )
+    presence_history_interval_seconds: float = Field(
+        default=60.0,
+        ge=0.5,
+        le=3600.0,
+        description="how often presence is sampled for presenceHistory (one sample per "
+        "interval for the whole deployment, kept an hour); tests use a second",
+    )
+    delivery_stats_flush_seconds: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60.0,
+        description="how often each server process adds its per-minute delivery counts "
+        "to the deployment's (Redis, or memory in embedded mode)",
+    )
+    delivery_stats_report_window_seconds: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="a server process counts in serverProcesses while its last flush of "
+        "delivery counts is at most this old",
+    )
     ws_compression: bool = Field(
         default=False,
         description="permessage-deflate on WebSockets: compresses every frame per subscriber",
@@ -322,7 +343,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=0, description="largest HTTP request body; over: 413; 0: unlimited"
     )
-
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
     access_log: bool = Field(

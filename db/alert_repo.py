@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.alert_models import Alert, AlertRecipient
@@ -39,6 +39,17 @@ class Change:
     alert: Alert | None = None
     at: datetime | None = None
     queued: Sequence[Queued] = ()  # committed messages about the change, to deliver
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """An acknowledgement just recorded, with the alert's counts as it left them."""
+
+    alert: Alert
+    user_id: str
+    at: datetime
+    acknowledged: int
+    pending: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +156,20 @@ async def acknowledged_at(
         return {(alert_id, user_id): at for alert_id, user_id, at in rows}
 
 
-async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change:
-    """Refusals (missing, not targeted) are audited in the same transaction."""
+async def acknowledge(
+    sessions: Sessions, actor: Actor, alert_id: int, deliveries: Deliveries[Tally] | None = None
+) -> Change:
+    """Refusals (missing, not targeted) are audited in the same transaction, and so are
+    the messages that announce an acknowledgement (``deliveries``, the outbox).
+
+    The alert's row is locked (Postgres) while the acknowledgement is recorded:
+    acknowledgements of one alert, and its resolution, take turns, so the counts
+    each one announces are exact and grow by one in commit order, and nobody
+    acknowledges an alert being resolved."""
     user = actor.id or ""
     target = f"alert:{alert_id}"
     async with sessions() as session, session.begin():
-        alert = await session.get(Alert, alert_id)
+        alert = await session.get(Alert, alert_id, with_for_update=True)
         if alert is None or alert.institution_id != actor.institution:
             session.add(audit_row(actor, "acknowledgeAlert", target, "not_found"))
             return Change(Outcome.NOT_FOUND)
@@ -177,7 +196,18 @@ async def acknowledge(sessions: Sessions, actor: Actor, alert_id: int) -> Change
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return Change(Outcome.ALREADY, alert)
         session.add(audit_row(actor, "acknowledgeAlert", target, "ok", {"alertId": alert_id}))
-    return Change(Outcome.OK, alert, now)
+        queued: list[Queued] = []
+        if deliveries is not None:
+            acknowledged, targeted = (
+                await session.execute(
+                    select(func.count(AlertRecipient.acknowledged_at), func.count()).where(
+                        AlertRecipient.alert_id == alert_id
+                    )
+                )
+            ).one()
+            tally = Tally(alert, user, now, acknowledged, targeted - acknowledged)
+            queued = await queue(session, deliveries(tally))
+    return Change(Outcome.OK, alert, now, queued)
 
 
 async def resolve(
@@ -230,3 +260,64 @@ async def roll_call(sessions: Sessions, alert_id: int) -> list[RollCallEntry]:
             RollCallEntry(user_id, name or user_id, role or "", at)
             for user_id, name, role, at in rows
         ]
+
+
+async def roll_calls(
+    sessions: Sessions, alert_ids: Sequence[int]
+) -> dict[int, list[RollCallEntry]]:
+    """:func:`roll_call` of several alerts in one query (a page of alerts)."""
+    found: dict[int, list[RollCallEntry]] = {alert_id: [] for alert_id in alert_ids}
+    if not found:
+        return found
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                AlertRecipient.alert_id,
+                AlertRecipient.user_id,
+                User.display_name,
+                User.role,
+                AlertRecipient.acknowledged_at,
+            )
+            .join(User, User.id == AlertRecipient.user_id, isouter=True)
+            .where(AlertRecipient.alert_id.in_(list(found)))
+            .order_by(AlertRecipient.alert_id, AlertRecipient.user_id)
+        )
+        for alert_id, user_id, name, role, at in rows:
+            found[alert_id].append(RollCallEntry(user_id, name or user_id, role or "", at))
+    return found
+
+
+async def alert_page(
+    sessions: Sessions,
+    *,
+    institution: str,
+    viewer: str,
+    manager: bool,
+    resolved: bool | None,
+    before: int | None,
+    first: int,
+) -> tuple[list[Alert], int | None]:
+    """Up to ``first`` of the institution's alerts with ids below ``before``, newest
+    first, and the id to continue below (None: no older ones).
+
+    What ``Query.alert`` shows the viewer: every alert of the institution to a
+    ``manager`` (admins, services); to anyone else those they raised or that
+    target them. ``resolved``: only resolved (True), only open (False), both (None).
+    Keyset on ``ix_alerts_institution_id_id``: a page costs the same at any depth,
+    and alerts raised meanwhile do not shift the older pages.
+    """
+    query = select(Alert).where(Alert.institution_id == institution)
+    if not manager:
+        targeted = select(AlertRecipient.alert_id).where(AlertRecipient.user_id == viewer)
+        query = query.where(or_(Alert.raised_by == viewer, Alert.id.in_(targeted)))
+    if resolved is not None:
+        done = Alert.resolved_at.is_not(None)
+        query = query.where(done if resolved else Alert.resolved_at.is_(None))
+    if before is not None:
+        query = query.where(Alert.id < before)
+    query = query.order_by(Alert.id.desc()).limit(first + 1)
+    async with sessions() as session:
+        rows = list(await session.scalars(query))
+    if len(rows) > first:
+        return rows[:first], rows[first - 1].id
+    return rows, None

@@ -16,11 +16,12 @@ import strawberry
 
 from db import alert_repo
 from db.alert_models import Alert as AlertRow
-from db.alert_repo import Outcome
+from db.alert_repo import Outcome, Tally
 from db.outbox import Delivery
 from resolvers.access import authorize, deliver, refuse
 from resolvers.announcements import MAX_BODY, MAX_TITLE, _clean
 from resolvers.channels import feed_errors
+from schema.alert_feed import ACKNOWLEDGED, acknowledged_message
 from schema.alerts import Acknowledgement, Alert, RaiseAlertInput, RollCall
 from schema.context import Context
 from schema.errors import BadInput, Forbidden, NotFound
@@ -67,6 +68,26 @@ def _announcing(kind: str) -> Callable[[AlertRow], list[Delivery]]:
         return [Delivery(name, kind, message) for name in dict.fromkeys(names)]
 
     return deliveries
+
+
+def manager_channel(institution: str) -> str:
+    """The channel of the people who manage every alert of ``institution``: its
+    admins (and services, who may read it too)."""
+    return f"institution:{institution}:role:admin"
+
+
+def _acknowledged(tally: Tally) -> list[Delivery]:
+    """The ``alert.acknowledged`` messages of one acknowledgement, to the channels
+    whose readers are who manages the alert (``_manages``): the admins' role channel
+    (admins, services), and the raiser's own channel when the raiser is neither.
+    Not the alerts channel: there every acknowledgement would reach every person of
+    the institution (N people acknowledging, N² messages)."""
+    row = tally.alert
+    names = [manager_channel(row.institution_id)]
+    if row.raised_by_role not in (Role.ADMIN, Role.SERVICE):
+        names.append(f"user:{row.raised_by}")
+    message = acknowledged_message(tally)
+    return [Delivery(name, ACKNOWLEDGED, message) for name in names]
 
 
 async def raise_alert(
@@ -160,7 +181,7 @@ async def acknowledge_alert(info: strawberry.Info[Context], alert_id: AlertId) -
     ctx = info.context
     viewer = ctx.require_viewer()
     number = _number(alert_id)
-    change = await alert_repo.acknowledge(ctx.sessions, ctx.actor, number)
+    change = await alert_repo.acknowledge(ctx.sessions, ctx.actor, number, _acknowledged)
     match change.outcome:
         case Outcome.NOT_FOUND:
             raise NotFound(f"no alert {number}")
@@ -173,6 +194,7 @@ async def acknowledge_alert(info: strawberry.Info[Context], alert_id: AlertId) -
             ctx.services.metrics.permission_denied.labels(action="acknowledgeAlert").inc()
             raise Forbidden(f"alert {number} does not target you")
     assert change.at is not None
+    await deliver(ctx, change.queued)
     return Acknowledgement(
         alert_id=strawberry.ID(str(number)),
         user_id=strawberry.ID(viewer.user_id),

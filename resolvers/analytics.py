@@ -16,6 +16,7 @@ from db.analytics_models import ConsumerOffset
 from db.analytics_read import utc
 from resolvers.access import refuse
 from resolvers.emit import emit
+from resolvers.live_stats import delivery_stats, delivery_summary
 from schema.analytics import (
     Breakdown,
     Bucket,
@@ -178,6 +179,7 @@ async def _snapshot(ctx: Context, institution: str, delivered: float) -> LiveMet
         events_per_minute=[Count(key=t, count=Long(n)) for t, n, _ in rows],
         errors_per_minute=sum(e for _, _, e in rows),
         messages_delivered_per_minute=int(delivered),
+        delivery=await delivery_summary(ctx),
     )
 
 
@@ -201,11 +203,23 @@ async def live_metrics(
         key = json.dumps(
             [snapshot.active_users, [(c.key, c.count) for c in snapshot.events_per_minute]]
             + [snapshot.errors_per_minute, snapshot.messages_delivered_per_minute]
+            + [_delivery_key(snapshot)]
         )
         if key != last:
             last = key
             yield snapshot
         await asyncio.sleep(LIVE_INTERVAL)
+
+
+def _delivery_key(snapshot: LiveMetrics) -> object:
+    """What of ``delivery`` makes a push: its numbers, and its window, which moves
+    every minute (so a page re-reading its charts on pushes does so at least then)."""
+    d = snapshot.delivery
+    if d is None:
+        return None
+    latency = d.latency
+    percentiles = None if latency is None else [latency.p50_ms, latency.p95_ms, latency.p99_ms]
+    return [d.since.isoformat(), d.delivered, d.server_processes, percentiles]
 
 
 async def system_status(info: strawberry.Info[Context]) -> SystemStatus:
@@ -223,6 +237,7 @@ async def system_status(info: strawberry.Info[Context]) -> SystemStatus:
         lag_total=None,
         lag_read_at=None,
         lag_error=None,
+        delivery=await delivery_stats(info.context),
     )
     if services.lag is None:
         # Embedded mode: the in-process log numbers an event when it applies it, so

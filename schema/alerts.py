@@ -213,9 +213,9 @@ class Alert:
     roll_call: RollCall | None = strawberry.field(
         default=None,
         description=(
-            "Who acknowledged and who has not: set by Query.alert and by acknowledgeAlert's "
-            "`alert`, for admins, services and whoever raised the alert; null otherwise "
-            "(and always on subscriptions)."
+            "Who acknowledged and who has not, for admins, services and whoever raised the "
+            "alert: set by Query.alert, Query.alertPage, acknowledgeAlert's `alert` and "
+            "Subscription.alertRollCall; null otherwise (and on the other subscriptions)."
         ),
     )
 

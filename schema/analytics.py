@@ -8,6 +8,7 @@ from enum import StrEnum
 import strawberry
 from strawberry.scalars import JSON
 
+from schema.delivery import DeliveryStats, DeliverySummary
 from schema.enums import graphql_enum
 from schema.scalars import Long
 
@@ -67,6 +68,11 @@ class LiveMetrics:
     messages_delivered_per_minute: int = strawberry.field(
         description="Delivered by the node serving this subscription, trailing minute."
     )
+    delivery: DeliverySummary | None = strawberry.field(
+        default=None,
+        description="Deliveries of every server process of the deployment and their "
+        "latency, current and previous minute; null if the numbers cannot be read now.",
+    )
 
 
 @strawberry.type(description="How far the analytics consumers are along one topic partition.")
@@ -116,6 +122,11 @@ class SystemStatus:
         description="When the lag was read (at most a second before the query)."
     )
     lag_error: str | None = strawberry.field(description="Why the lag is unknown, if it is.")
+    delivery: DeliveryStats | None = strawberry.field(
+        default=None,
+        description="Deliveries of every server process of the deployment and their "
+        "latency, per minute over the last hour; null if the numbers cannot be read now.",
+    )
 
 
 @strawberry.input(description="A frontend interaction to record as an analytics event.")

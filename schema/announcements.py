@@ -156,6 +156,11 @@ def _from_me(root: ChannelEvent, info: strawberry.Info[Context, None]) -> bool:
     NOTIFICATION="A private notification (`notification` is set); kind `notification`.",
     ALERT="An alert was raised (`alert` is set); kind `alert`.",
     ALERT_RESOLVED="An alert was resolved (`alert` is set); kind `alert.resolved`.",
+    ALERT_ACKNOWLEDGED=(
+        "Someone acknowledged an alert (`data`: alertId, userId, acknowledgedAt, "
+        "acknowledgedCount, pendingCount); kind `alert.acknowledged`, on the admins' role "
+        "channel and the raiser's user channel only."
+    ),
     ANALYTICS_ALERT=(
         "An analytics or consumer-lag rule fired (`data`: rule, subject, minute, value, "
         "threshold); kind `analytics.alert`, on system:status and admin channels."
@@ -171,6 +176,7 @@ class ChannelEventType(StrEnum):
     NOTIFICATION = "notification"
     ALERT = "alert"
     ALERT_RESOLVED = "alert.resolved"
+    ALERT_ACKNOWLEDGED = "alert.acknowledged"
     ANALYTICS_ALERT = "analytics.alert"
     RESET = "reset"
     OTHER = "other"
@@ -218,7 +224,9 @@ class ChannelEvent:
         default=None,
         description=(
             "The message's data as published, for kinds without a typed field "
-            "(e.g. ANALYTICS_ALERT: rule, subject, minute, value, threshold)."
+            "(e.g. ANALYTICS_ALERT: rule, subject, minute, value, threshold; "
+            "ALERT_ACKNOWLEDGED: alertId, userId, acknowledgedAt, acknowledgedCount, "
+            "pendingCount)."
         ),
     )
     notification: Notification | None = strawberry.field(

@@ -18,6 +18,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
+from resolvers import alert_feed as feed_r
 from resolvers import alerts as al_r
 from resolvers import analytics as an_r
 from resolvers import announcements as ann_r
@@ -25,9 +26,11 @@ from resolvers import audit as audit_r
 from resolvers import channels as chan_r
 from resolvers import connection as conn_r
 from resolvers import institutions as inst_r
+from resolvers import live_stats as live_r
 from resolvers import notifications as note_r
 from resolvers import presence as pres_r
 from resolvers import users as user_r
+from schema.alert_feed import AlertPage
 from schema.alerts import Acknowledgement, Alert
 from schema.analytics import Count, LiveMetrics, Point, SystemStatus
 from schema.announcements import Announcement, AnnouncementPage, ChannelEvent, ChannelPosition
@@ -40,6 +43,7 @@ from schema.limits import document_limits
 from schema.notifications import MarkReadPayload, Notification, NotificationPage, NotifyResult
 from schema.parsing import ParseCache
 from schema.presence import PresenceEvent, PresenceSnapshot, StatusUpdate
+from schema.presence_history import PresenceSample
 from schema.scalars import SCALAR_MAP
 
 if TYPE_CHECKING:
@@ -163,6 +167,15 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
                 "raised it; they also get its roll-call). Null with NOT_FOUND otherwise."
             ),
         )
+        alert_page: AlertPage | None = strawberry.field(
+            resolver=feed_r.alert_page,
+            description=(
+                "Your institution's alerts that `alert(id)` would show you, newest first, "
+                "`first` at a time after the cursor `after`: all of them (with roll-call) "
+                "for admins and services; for anyone else those that target them or that "
+                "they raised (with roll-call). Open ones by default. Null with BAD_INPUT."
+            ),
+        )
         presence: PresenceSnapshot | None = strawberry.field(
             resolver=pres_r.presence,
             description="Who is present on a channel now. Null with FORBIDDEN or BAD_CHANNEL.",
@@ -170,6 +183,22 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
         online_count: int | None = strawberry.field(
             resolver=pres_r.online_count,
             description="Users of your institution present on any channel now.",
+        )
+        presence_history: list[PresenceSample] | None = strawberry.field(
+            resolver=live_r.presence_history,
+            description=(
+                "Members present on a channel over the last `minutes`, one sample per "
+                "interval (a minute by default), oldest first, a null `online` where no "
+                "sample was taken. Institution, department, classroom, role and alerts "
+                "channels. Null with FORBIDDEN, BAD_CHANNEL or BAD_INPUT, as `presence`."
+            ),
+        )
+        online_count_history: list[PresenceSample] | None = strawberry.field(
+            resolver=live_r.online_count_history,
+            description=(
+                "`onlineCount` over the last `minutes`, one sample per interval, oldest "
+                "first, a null `online` where no sample was taken."
+            ),
         )
         analytics: list[Point] | None = strawberry.field(
             resolver=an_r.analytics,
@@ -306,6 +335,15 @@ def build_schema(settings: Settings, extensions: Sequence[Any] = ()) -> strawber
         )
         alerts: Alert = strawberry.subscription(  # type: ignore[assignment]
             resolver=al_r.alerts, description="Alerts raised and resolved in your institution."
+        )
+        alert_roll_call: Alert = strawberry.subscription(  # type: ignore[assignment]
+            resolver=feed_r.alert_roll_call,
+            description=(
+                "An alert you manage (admins, services, whoever raised it) with its "
+                "`rollCall`: now, again after each acknowledgement, and once more when it "
+                "is resolved (`state: RESOLVED`), then complete. Others: the error "
+                "Query.alert gives them (NOT_FOUND), or FORBIDDEN for the people it targets."
+            ),
         )
         presence: PresenceEvent = strawberry.subscription(  # type: ignore[assignment]
             resolver=pres_r.presence_events,

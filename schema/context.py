@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from api.outbox import OutboxRelay
     from db.audit_trail import AuditTrail
     from db.group_commit import AnnouncementWriter
+    from streams.delivery_stats import DeliveryStats
     from streams.kafka_lag import LagMonitor
+    from streams.presence_history import PresenceSampler
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Services:
     trusted_proxies: TrustedProxies = TrustedProxies()
     # The consumer group's lag (cluster mode with Kafka); None in embedded mode.
     lag: LagMonitor | None = None
+    # The deployment's delivery numbers and presence history (api/live_stats.py).
+    delivery: DeliveryStats | None = None
+    presence_history: PresenceSampler | None = None
 
 
 @dataclass

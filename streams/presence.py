@@ -110,6 +110,15 @@ class PresenceEvent:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Census:
+    """How many are present now: members per presence key (channels with any), and
+    distinct users per institution (its ``online_count``)."""
+
+    channels: dict[str, int]
+    institutions: dict[str, int]
+
+
 class Resync:
     """Events may have been missed: re-read the snapshot."""
 
@@ -203,6 +212,11 @@ class Presence(ABC):
     @abstractmethod
     async def online_count(self, institution: str) -> int:
         """Distinct users of ``institution`` with a live presence connection anywhere."""
+
+    @abstractmethod
+    async def census(self) -> Census:
+        """Member counts of every channel with members, and every institution's
+        online count, read at once (the presence history's sample)."""
 
     @asynccontextmanager
     async def attend(

@@ -10,7 +10,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from streams.presence import EventType, Member, Presence, PresenceEvent, Snapshot, Status
+from streams.presence import (
+    Census,
+    EventType,
+    Member,
+    Presence,
+    PresenceEvent,
+    Snapshot,
+    Status,
+)
 
 
 @dataclass
@@ -105,6 +113,13 @@ class MemoryPresence(Presence):
 
     async def online_count(self, institution: str) -> int:
         return len({c.user_id for c in self._connections.values() if c.institution == institution})
+
+    async def census(self) -> Census:
+        channels = {name: len(c.members) for name, c in self._channels.items() if c.members}
+        users: dict[str, set[str]] = {}
+        for conn in self._connections.values():
+            users.setdefault(conn.institution, set()).add(conn.user_id)
+        return Census(channels, {inst: len(ids) for inst, ids in users.items()})
 
     def _emit(self, channel: str, state: _MemoryChannel, type: EventType, member: Member) -> None:
         state.version += 1

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams import presence_lua as lua
-from streams.presence import Member, Presence, PresenceEvent, Snapshot, Status
+from streams.presence import Census, Member, Presence, PresenceEvent, Snapshot, Status
 from streams.redis_backend import GAP, RedisPubSubBackend
 
 log = structlog.get_logger(__name__)
@@ -159,6 +159,24 @@ class RedisPresence(Presence):
 
     async def online_count(self, institution: str) -> int:
         return int(await self._client.hlen(f"{self._base}:inst:{institution}"))
+
+    async def census(self) -> Census:
+        """From the connections' metadata (one HSCAN pass): a member is a user with a
+        connection on the channel, as in ``B:ch:{channel}``."""
+        channels: dict[str, set[str]] = {}
+        institutions: dict[str, set[str]] = {}
+        async for _, raw in self._client.hscan_iter(f"{self._base}:meta", count=1000):
+            try:
+                meta = json.loads(raw)
+                channel, user, institution = str(meta["c"]), str(meta["u"]), str(meta["i"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            channels.setdefault(channel, set()).add(user)
+            institutions.setdefault(institution, set()).add(user)
+        return Census(
+            {c: len(u) for c, u in channels.items()},
+            {i: len(u) for i, u in institutions.items()},
+        )
 
     async def expire(self) -> None:
         """Remove expired connections of any process; emits their LEAVEs once."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,7 +165,8 @@ async def test_admin_sees_events_announcements_and_an_alerts_roll_call_live(
 ) -> None:
     # A server of its own: the chart's caption names the hour's top event types, and
     # on the suite's shared server other tests' events would crowd this one out.
-    server = make_server()
+    # Presence is sampled every second (not every minute) so the online chart fills.
+    server = make_server(presence_history_interval_seconds="1")
     server.cli("migrate")
     server.cli("seed-demo")
     server.start()
@@ -222,6 +224,34 @@ async def test_admin_sees_events_announcements_and_an_alerts_roll_call_live(
             c=MATH_101,
         )
         assert latest["announcements"] == [{"title": f"{title} (form)"}]
+
+        # The two announcements were delivered to the page's own channel
+        # subscriptions: the deployment's numbers, their latency and its chart.
+        await until(
+            page,
+            "() => Number(document.querySelector('#m-delivered-all').textContent) >= 2",
+            "deployment-wide deliveries",
+        )
+        assert await page.inner_text("#m-processes") == "1"
+        assert re.fullmatch(
+            r"p50 [0-9.]+ ms · p95 [0-9.]+ ms · p99 [0-9.]+ ms",
+            await page.inner_text("#m-delivery-latency"),
+        )
+        await until(
+            page,
+            "() => Number(document.querySelector('#delivery-chart').dataset.minutes) >= 1",
+            "latency chart",
+        )
+        assert await page.locator("#delivery-chart canvas").count() == 1
+        await shows(page, "#delivery-figure figcaption", "messages delivered")
+        # Online over the last hour: samples with this admin's page present.
+        await until(
+            page,
+            "() => Number(document.querySelector('#online-chart').dataset.latest) >= 1",
+            "online history",
+        )
+        assert await page.locator("#online-chart canvas").count() == 1
+        await shows(page, "#online-figure figcaption", "people of your institution online")
 
         # An alert: its roll-call moves when the student acknowledges through the API.
         raised = await api(server, RAISE, "nw-admin", title=f"Lockdown drill {title}")
@@ -340,9 +370,59 @@ async def test_a_restart_shows_reconnecting_and_stale_then_fresh_data(
         await screenshot(page, "reconnected")
 
         # A reload keeps the tab's sign-in (sessionStorage). The restarted server's
-        # alerts channel has no history, so the alert raised before the restart is
-        # listed from the audit log (an admin's list of recent alerts).
+        # alerts channel has no history; the alert raised before the restart is
+        # listed from Query.alertPage (the open alerts).
         await page.reload()
         await live(page)
         await shows(page, "#alert-list li", "Before the restart")
         assert requests.external == []
+
+
+async def test_a_teachers_roll_call_moves_with_no_live_metrics(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A teacher has no liveMetrics (admins and services only): her alert's roll-call
+    moves because the acknowledgement is announced to her (alertRollCall), and her
+    alert is listed from Query.alertPage though raised before she opened the page."""
+    server = make_server()
+    server.cli("migrate")
+    server.cli("seed-demo")
+    server.start()
+    async with browser() as instance, offline_page(instance) as (page, requests):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        title = f"Teacher's drill {time.monotonic_ns()}"
+        raised = await api(server, RAISE, "nw-ada", title=title)
+        alert_id = raised["raiseAlert"]["id"]
+        await page.goto(f"{server.url}/dashboard")
+        await page.locator("#token").fill(token("nw-ada"))
+        await page.locator("#sign-in-form button[type=submit]").click()
+        item = f'#alert-list li[data-id="{alert_id}"]'
+        await until(
+            page,
+            f"() => document.querySelector('{item} .rollcall')?.dataset.pending === '2'",
+            "her alert with its roll-call",
+        )
+        assert await page.inner_text("#panel-events .freshness") == "Not available to your role."
+        rollcall = page.locator(f"{item} .rollcall")
+        assert await rollcall.inner_text() == (
+            "Acknowledged 0 of 2 · not yet 2 (1 of them online now)"  # she is, on the page
+        )
+        # Let the page settle: presence snapshots re-read roll-calls (for who is
+        # online), throttled; after this nothing but the acknowledgement can move it.
+        await page.wait_for_timeout(1500)
+        await api(server, ACK, "nw-cy", id=alert_id)
+        await until(
+            page,
+            f"() => document.querySelector('{item} .rollcall')?.dataset.acknowledged === '1'",
+            "roll-call after the student's acknowledgement",
+        )
+        assert await rollcall.inner_text() == (
+            "Acknowledged 1 of 2 · not yet 1 (1 of them online now)"
+        )
+        await page.locator(f"{item} summary").click()
+        assert "✓ Cy Student: acknowledged" in await page.inner_text(f"{item} .people")
+        await screenshot(page, "teacher-roll-call")
+        assert requests.external == []
+        assert errors == []

@@ -12,6 +12,7 @@
   const HISTORY_MINUTES = 60;
   const TOP_TYPES = 5;
   const MANAGERS = ["ADMIN", "SERVICE"];
+  const OPEN_ALERTS = 100; // the newest open alerts listed (Query.alertPage)
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -27,6 +28,7 @@
     presence: new Map(), // channel -> members
     alerts: new Map(), // id -> alert (with rollCall when we may see it)
     alertsRead: new Set(), // ids read with Query.alert at least once
+    rollCalls: new Map(), // id -> generation of its alertRollCall subscription
     announcements: new Map(), // id -> announcement
     chart: null,
     lastFresh: new Map(), // panel id -> Date
@@ -136,6 +138,8 @@
     "panel-presence",
     "panel-events",
     "panel-pipeline",
+    "panel-delivery",
+    "panel-online-history",
     "panel-alerts",
     "panel-announcements",
   ];
@@ -251,6 +255,9 @@
       $("events-figure").hidden = true;
       $("events-table").hidden = true;
       $("pipeline-figures").hidden = true;
+      $("delivery-figure").hidden = true;
+      $("delivery-unavailable").hidden = false;
+      $("delivery-unavailable").textContent = "Delivery figures are for admins and services.";
     }
     renderPresence();
     $("main").focus();
@@ -335,7 +342,7 @@
 
   // One subscription of this connection; its callbacks go quiet once the
   // connection is gone (generation), so a late message never lands as fresh data.
-  function subscribe(query, variables, onData, onError) {
+  function subscribe(query, variables, onData, onError, onComplete = () => {}) {
     const generation = state.generation;
     const current = () => generation === state.generation;
     const dispose = state.client.subscribe(
@@ -350,7 +357,9 @@
           if (!current()) return;
           onError(Array.isArray(error) ? errorText(error) : error?.message || String(error?.code || error));
         },
-        complete: () => {},
+        complete: () => {
+          if (current()) onComplete();
+        },
       },
     );
     state.disposers.push(dispose);
@@ -371,7 +380,9 @@
     } else {
       setPanel("panel-events", "unavailable", "Not available to your role.");
       setPanel("panel-pipeline", "unavailable", "Not available to your role.");
+      setPanel("panel-delivery", "unavailable", "Not available to your role.");
     }
+    refreshOnlineHistory();
     try {
       await syncChannels(generation);
     } catch (error) {
@@ -395,6 +406,7 @@
           pending.delete(name);
           renderPresence();
           refreshOnline();
+          refreshOnlineHistory();
           refreshRollCalls(); // who is online changed
           if (pending.size === 0) fresh("panel-presence");
         },
@@ -434,7 +446,8 @@
 
   const METRICS = `subscription DashboardMetrics($id: ID!) {
     liveMetrics(institutionId: $id) { at activeUsers errorsPerMinute
-      messagesDeliveredPerMinute eventsPerMinute { key count } } }`;
+      messagesDeliveredPerMinute eventsPerMinute { key count }
+      delivery { delivered serverProcesses latency { p50Ms p95Ms p99Ms } } } }`;
 
   function subscribeMetrics() {
     subscribe(
@@ -445,6 +458,7 @@
         $("m-active").textContent = String(m.activeUsers);
         $("m-errors").textContent = String(m.errorsPerMinute);
         $("m-delivered").textContent = String(m.messagesDeliveredPerMinute);
+        renderDelivery(m.delivery);
         const rows = [...m.eventsPerMinute]
           .sort((a, b) => b.count - a.count || a.key.localeCompare(b.key))
           .map((c) => el("tr", {}, el("th", { scope: "row", text: c.key }), el("td", { text: String(c.count) })));
@@ -454,9 +468,8 @@
         fresh("panel-events");
         refreshChart();
         refreshPipeline();
-        // Acknowledgements are not broadcast on a channel, but each one is an
-        // event (mutation.acknowledgeAlert) that changes these numbers.
-        refreshRollCalls();
+        refreshDelivery();
+        refreshOnlineHistory();
       },
       (message) => {
         setPanel("panel-events", "unavailable", `Not available: ${message}`);
@@ -551,6 +564,136 @@
     );
   }
 
+  // ---- delivery latency and online over the last hour ------------------------------
+
+  const ms = (v) => `${v < 10 ? v.toFixed(2) : v.toFixed(0)} ms`;
+  const latencyText = (l) => (l ? `p50 ${ms(l.p50Ms)} · p95 ${ms(l.p95Ms)} · p99 ${ms(l.p99Ms)}` : "nothing delivered");
+
+  // liveMetrics.delivery: every server process, current and previous minute.
+  function renderDelivery(d) {
+    if (!d) {
+      $("m-delivered-all").textContent = "unknown now";
+      $("m-delivery-latency").textContent = "unknown now";
+      $("m-processes").textContent = "unknown now";
+      return;
+    }
+    $("m-delivered-all").textContent = String(d.delivered);
+    $("m-processes").textContent = String(d.serverProcesses);
+    $("m-delivery-latency").textContent = latencyText(d.latency);
+  }
+
+  // One uPlot per host element, resized with it; redrawn in place when the series
+  // are the same.
+  const charts = new Map();
+
+  function drawInto(host, series, data, axis) {
+    const known = charts.get(host.id);
+    if (known && known.series.length === series.length) {
+      known.setData(data);
+      return;
+    }
+    if (known) known.destroy();
+    else {
+      new ResizeObserver(() => {
+        const chart = charts.get(host.id);
+        if (chart && host.clientWidth > 0) chart.setSize({ width: host.clientWidth, height: 200 });
+      }).observe(host);
+    }
+    charts.set(
+      host.id,
+      new uPlot(
+        {
+          width: Math.max(240, host.clientWidth || 480),
+          height: 200,
+          series,
+          axes: [{}, { label: axis }],
+          scales: { x: { time: true } },
+        },
+        data,
+        host,
+      ),
+    );
+  }
+
+  const refreshDelivery = throttle(async () => {
+    if (!state.live || !isManager()) return;
+    const answer = await read(`query DashboardDelivery { systemStatus { delivery {
+      current { delivered serverProcesses latency { p50Ms p95Ms p99Ms } }
+      minutes { at processes delivered latency { p50Ms p95Ms p99Ms } } } } }`);
+    const d = answer.data?.systemStatus?.delivery;
+    if (!d) {
+      $("delivery-unavailable").hidden = false;
+      $("delivery-unavailable").textContent = answer.errors
+        ? `Delivery figures: ${errorText(answer.errors)}`
+        : "Delivery figures cannot be read now.";
+      return;
+    }
+    $("delivery-unavailable").hidden = true;
+    const minutes = d.minutes;
+    const xs = minutes.map((m) => new Date(m.at).getTime() / 1000);
+    const pick = (key) => minutes.map((m) => (m.latency ? m.latency[key] : null));
+    drawInto(
+      $("delivery-chart"),
+      [
+        {},
+        // Points as well as lines: a minute between two gaps has no line to draw.
+        { label: "p50 (ms)", stroke: "#1f5fbf", width: 2, points: { show: true, size: 5 } },
+        { label: "p95 (ms)", stroke: "#b35900", dash: [8, 4], width: 2, points: { show: true, size: 5 } },
+        { label: "p99 (ms)", stroke: "#c62828", dash: [2, 3], width: 2, points: { show: true, size: 5 } },
+      ],
+      [xs, pick("p50Ms"), pick("p95Ms"), pick("p99Ms")],
+      "latency (ms)",
+    );
+    const reported = minutes.filter((m) => m.delivered !== null);
+    const delivered = reported.reduce((n, m) => n + m.delivered, 0);
+    const busiest = reported.reduce((best, m) => (m.delivered > (best?.delivered ?? -1) ? m : best), null);
+    const withLatency = minutes.filter((m) => m.latency);
+    const worst = withLatency.reduce((best, m) => (m.latency.p99Ms > (best?.latency.p99Ms ?? -1) ? m : best), null);
+    const chart = $("delivery-chart");
+    chart.dataset.delivered = String(delivered);
+    chart.dataset.minutes = String(withLatency.length);
+    $("delivery-figure").querySelector("figcaption").textContent =
+      `Last hour, per minute, every server process: ${delivered} messages delivered` +
+      (busiest && busiest.delivered ? `, at most ${busiest.delivered} in a minute (${time(busiest.at)})` : "") +
+      (worst ? `; worst p99 ${ms(worst.latency.p99Ms)} (${time(worst.at)})` : "") +
+      `. Now (current and previous minute): ${latencyText(d.current.latency)}. ` +
+      `Minutes no server reported: ${minutes.length - reported.length}. ` +
+      "Lines: p50 solid, p95 dashed, p99 dotted.";
+    fresh("panel-delivery");
+  }, 1500);
+
+  const refreshOnlineHistory = throttle(async () => {
+    if (!state.live) return;
+    const answer = await read(
+      `query DashboardOnlineHistory($id: ID!) {
+        onlineCountHistory(institutionId: $id, minutes: ${HISTORY_MINUTES}) { at online } }`,
+      { id: state.me.institutionId },
+    );
+    const points = answer.data?.onlineCountHistory;
+    if (!points) {
+      setPanel("panel-online-history", "unavailable", `Not available: ${errorText(answer.errors)}`);
+      return;
+    }
+    drawInto(
+      $("online-chart"),
+      [{}, { label: "online", stroke: "#2e7d32", width: 2, fill: "rgba(46, 125, 50, 0.08)" }],
+      [points.map((p) => new Date(p.at).getTime() / 1000), points.map((p) => p.online)],
+      "people online",
+    );
+    const sampled = points.filter((p) => p.online !== null);
+    const values = sampled.map((p) => p.online);
+    const latest = sampled.length ? sampled[sampled.length - 1] : null;
+    const chart = $("online-chart");
+    chart.dataset.samples = String(sampled.length);
+    chart.dataset.latest = latest ? String(latest.online) : "";
+    $("online-figure").querySelector("figcaption").textContent = sampled.length
+      ? `Last hour, people of your institution online: ${latest.online} at ${time(latest.at)} (latest sample), ` +
+        `highest ${Math.max(...values)}, lowest ${Math.min(...values)}; ` +
+        `${points.length - sampled.length} of ${points.length} samples missing (no server sampled then).`
+      : "No samples yet: presence is sampled once per minute.";
+    fresh("panel-online-history");
+  }, 2000);
+
   const refreshPipeline = throttle(async () => {
     if (!state.live || !isManager()) return;
     const answer = await read(`query DashboardStatus { systemStatus { eventLog eventsEmitted
@@ -587,19 +730,18 @@
       const answer = await read(`query DashboardPositions { ${fields.join("\n")} }`);
       unknown.forEach((n, i) => {
         const p = answer.data?.[`p${i}`];
-        if (p) {
-          // The alerts channel is replayed from its start: its history is the list
-          // of recent alerts (there is no query for open alerts).
-          state.positions.set(n, n === state.alertsChannel ? { offset: 0, epoch: p.epoch } : p);
-        }
+        if (p) state.positions.set(n, p);
       });
       await loadAnnouncements(unknown.filter((n) => n !== state.alertsChannel));
-      await loadRecentAlerts();
     } else {
       await refreshAlerts();
     }
+    // Open alerts from Query.alertPage (every time: some may have been raised or
+    // resolved while the socket was down), then each one's roll-call live.
+    await loadOpenAlerts();
     if (generation !== state.generation) return;
     for (const name of names) subscribeChannel(name);
+    followRollCalls();
     fresh("panel-announcements");
     fresh("panel-alerts");
     renderAlerts();
@@ -622,7 +764,7 @@
     state.positions.set(name, { offset: event.offset, epoch: event.epoch });
     if (!event.recovered) {
       // History did not reach back: refetch what the lists hold.
-      if (name === state.alertsChannel) refreshAlerts();
+      if (name === state.alertsChannel) refreshAlerts().then(loadOpenAlerts).then(followRollCalls);
       else loadAnnouncements([name]);
     }
     if (event.announcement) {
@@ -633,7 +775,7 @@
       const known = state.alerts.get(event.alert.id);
       state.alerts.set(event.alert.id, { ...known, ...event.alert, rollCall: known?.rollCall });
       renderAlerts();
-      refreshRollCalls();
+      followRollCall(state.alerts.get(event.alert.id));
     }
   }
 
@@ -688,30 +830,71 @@
       const a = answer.data?.[`x${i}`];
       if (a) state.alerts.set(a.id, a);
       state.alertsRead.add(String(id));
+      followRollCall(a);
     });
     renderAlerts();
     return answer;
   }
 
-  // The alerts channel's history holds only recent messages (and a replay from its
-  // start is refused once it no longer does). Admins can read the audit log, whose
-  // raiseAlert rows name each alert: the 20 newest are listed from there.
-  async function loadRecentAlerts() {
-    if (state.me.role !== "ADMIN") return;
-    const answer = await read(`query DashboardRecentAlerts {
-      auditLog(filter: {action: "raiseAlert", outcome: OK}, first: 20) { rows { details } } }`);
-    const ids = (answer.data?.auditLog?.rows || [])
-      .map((row) => row.details?.alertId)
-      .filter((id) => id !== undefined && id !== null)
-      .map(String)
-      .filter((id) => !state.alerts.has(id));
-    await fetchAlerts(ids);
+  // The open alerts the viewer may see (Query.alertPage: an admin's whole
+  // institution, anyone else's those that target them or that they raised), with
+  // their roll-calls where the viewer manages them.
+  async function loadOpenAlerts() {
+    const answer = await read(`query DashboardOpenAlerts {
+      alertPage(state: OPEN, first: ${OPEN_ALERTS}) { rows { ${ALERT_FIELDS} } } }`);
+    for (const a of answer.data?.alertPage?.rows || []) {
+      state.alerts.set(a.id, a);
+      state.alertsRead.add(a.id);
+    }
+    if (answer.errors) $("alerts-message").textContent = `Alerts: ${errorText(answer.errors)}`;
+    renderAlerts();
   }
 
   const refreshAlerts = () => fetchAlerts([...state.alerts.keys()]);
 
-  // Re-read the roll-call of open alerts: after an alert event, a presence change,
-  // or a liveMetrics push (each acknowledgement is an event that moves it).
+  // Each open alert the viewer manages (admins, services, whoever raised it) has its
+  // own alertRollCall subscription: the roll-call at once, again after every
+  // acknowledgement (the server announces each to whoever manages the alert), the
+  // resolved alert last, then complete.
+  const ROLL_CALL = `subscription DashboardRollCall($id: ID!) {
+    alertRollCall(id: $id) { ${ALERT_FIELDS} } }`;
+  const manages = (a) => isManager() || a.raisedBy === state.me.id;
+
+  function followRollCall(a) {
+    if (!a || a.state !== "OPEN" || !manages(a) || !state.live) return;
+    if (state.rollCalls.get(a.id) === state.generation) return; // already followed
+    const generation = state.generation;
+    state.rollCalls.set(a.id, generation);
+    const done = () => {
+      if (state.rollCalls.get(a.id) === generation) state.rollCalls.delete(a.id);
+    };
+    subscribe(
+      ROLL_CALL,
+      { id: a.id },
+      (data) => {
+        const alert = data.alertRollCall;
+        state.alerts.set(alert.id, alert);
+        state.alertsRead.add(alert.id);
+        renderAlerts();
+        fresh("panel-alerts");
+      },
+      (message) => {
+        done();
+        $("alerts-message").textContent = `Alert #${a.id} roll-call: ${message}`;
+        // The server could not read a channel for a moment: try again; other
+        // failures of the socket itself restart every subscription anyway.
+        if (message.includes("(UNAVAILABLE)")) setTimeout(() => followRollCall(state.alerts.get(a.id)), 2000);
+      },
+      done, // after the resolved alert: its roll-call is final
+    );
+  }
+
+  const followRollCalls = () => {
+    for (const a of state.alerts.values()) followRollCall(a);
+  };
+
+  // Who of the roll-call is online moves with presence, which alertRollCall does
+  // not follow: re-read open alerts on presence events.
   const refreshRollCalls = throttle(async () => {
     if (!state.live) return;
     const open = [...state.alerts.values()].filter(
