@@ -15,14 +15,9 @@ twice (see :mod:`streams.delivery_stats`).
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from streams.delivery_stats import DeliveryStore, Readout, Row, stats_of
 from streams.latency import SLOTS
+from streams.redis_client import resilient_client
 
 TTL_SECONDS = 65 * 60  # a minute's hash outlives the hour it is read for
 PROCESS_TTL_MS = 3_600_000  # processes silent for an hour are forgotten
@@ -33,13 +28,7 @@ class RedisDeliveryStore(DeliveryStore):
     kind = "redis"
 
     def __init__(self, url: str, *, prefix: str) -> None:
-        self._client = Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        self._client = resilient_client(url, retries=3)
         self._base = f"{prefix}:{{metrics}}"
 
     def minute_key(self, minute: int) -> str:

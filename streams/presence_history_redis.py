@@ -12,13 +12,8 @@ exist yet, so two processes sampling the same slot leave exactly one sample.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from streams.presence_history import PresenceHistoryStore
+from streams.redis_client import resilient_client
 
 BY = "@by"  # always present in a written sample, even one with nobody online
 
@@ -36,13 +31,7 @@ class RedisPresenceHistory(PresenceHistoryStore):
 
     def __init__(self, url: str, *, prefix: str, interval: float) -> None:
         super().__init__(interval=interval)
-        self._client = Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        self._client = resilient_client(url, retries=3)
         self._base = f"{prefix}:{{metrics}}"
         self._write = self._client.register_script(WRITE_ONCE)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import secrets
 from collections.abc import Sequence
 from contextlib import suppress
@@ -27,23 +26,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams import presence_lua as lua
 from streams.presence import Census, Member, Presence, PresenceEvent, Snapshot, Status
 from streams.redis_backend import GAP, RedisPubSubBackend
+from streams.redis_client import every, resilient_client
 
 log = structlog.get_logger(__name__)
 
 TOPIC = "events"
 STATUS_TTL_SECONDS = 86_400
 EXPIRE_BATCH = 500
+# Logged by a periodic job that could not reach Redis; expiry catches up when it is back.
+UNAVAILABLE = "presence.redis_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +56,7 @@ class RedisPresence(Presence):
 
     def __init__(self, url: str, *, prefix: str, timeout_seconds: float, queue_size: int) -> None:
         super().__init__(queue_size=queue_size)
-        self._client = Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        self._client = resilient_client(url)
         self._backend = RedisPubSubBackend(url, prefix=f"{prefix}:presence")
         self._base = f"{prefix}:{{presence}}"
         self._topic = self._backend.pubsub_channel(TOPIC)
@@ -88,10 +80,12 @@ class RedisPresence(Presence):
         self._tasks = [
             asyncio.create_task(self._read_events(), name="presence-events"),
             asyncio.create_task(
-                self._every(self._timeout / 3, self._heartbeat), name="presence-heartbeat"
+                every(self._timeout / 3, self._heartbeat, UNAVAILABLE),
+                name="presence-heartbeat",
             ),
             asyncio.create_task(
-                self._every(self._timeout / 4, self.expire), name="presence-janitor"
+                every(self._timeout / 4, self.expire, UNAVAILABLE),
+                name="presence-janitor",
             ),
         ]
         for task in self._tasks:
@@ -198,15 +192,6 @@ class RedisPresence(Presence):
                 log.warning("presence.rejoin", connection=connection)
                 user_id = json.loads(local.member_json)["userId"]
                 await self._join(connection, local, user_id)
-
-    async def _every(self, interval: float, job: Any) -> None:
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
-            try:
-                await job()
-            except (RedisError, OSError) as exc:
-                # Keep going: Redis may come back, and expiry catches up then.
-                log.warning("presence.redis_unavailable", job=job.__name__, error=repr(exc))
 
     async def _read_events(self) -> None:
         while True:
