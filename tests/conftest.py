@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_cluster import RedisCluster, cluster_binaries, missing
 from tests.server import ServerProcess, base_env, stock_only
-from tests.services import PostgresProcess, RedisProcess, find_postgres, find_redis
+from tests.services import PostgresProcess, RedisProcess, ServiceMissing, find_postgres, find_redis
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -102,3 +103,18 @@ def kafka_bootstrap() -> Iterator[str]:
     broker = TansuBroker().start()
     yield broker.bootstrap
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 masters, 1 replica each) per test session, started on first
+    use from the installed redis-server and redis-cli (tests/redis_cluster.py). Without
+    them, or older than 7.0, its tests skip and say so (fail under CI). A test that
+    kills a node revives it before it ends."""
+    try:
+        cluster_binaries()
+    except ServiceMissing as exc:
+        missing(str(exc))
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
