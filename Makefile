@@ -99,11 +99,13 @@ typecheck: dev
 # the modules no fast path is on the way of: the Kafka pipeline and its alerts,
 # migrations, the group commit, the bench tools, the CLI's startup checks, TLS
 # and token checks (decided before any operation runs), log formatting, and the
-# GraphiQL and dashboard pages (their operations' paths are proven by the others).
+# GraphiQL and dashboard pages (their operations' paths are proven by the others),
+# Pusher webhooks and occupancy (Redis bookkeeping, not a delivery path) and the
+# Redis Cluster fixture's own checks.
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
 	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging \
-	test_graphiql test_dashboard
+	test_graphiql test_dashboard test_pusher_webhooks test_redis_cluster_fixture
 # Third-party JavaScript clients and graphql-http's audit suite for the integration
 # tests (tests/node), reinstalled only when its lock file changes. Without npm the
 # tests that need them are skipped and say so.

@@ -41,6 +41,9 @@ from api.metrics import Metrics
 from api.multiplex import Multiplexer
 from api.outbox import OutboxRelay
 from api.plan import PlanDirect, Planner
+from api.pusher import PusherEndpoint
+from api.pusher_apps import parse_apps
+from api.pusher_http import PusherHTTP
 from api.settings import Mode, Settings
 from api.streaming import HTTPStreams
 from db.audit_trail import AuditTrail
@@ -235,6 +238,10 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         reservation_seconds=settings.stream_reservation_seconds,
     )
     _install_fast_paths(fast, schema, view, metrics)
+    # The Pusher protocol (api/pusher.py): the same admission, bus, ACL and presence.
+    pusher_apps = parse_apps(settings.pusher_apps)
+    pusher = PusherEndpoint(settings, pusher_apps, admission)
+    pusher_http = PusherHTTP(settings, pusher_apps, pusher)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -249,7 +256,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         await require_current(engine)
         bus = build_bus(settings, metrics.registry)
         await bus.connect()
-        connections = Connections(also_drain=streams.drain)
+        connections = Connections(also_drain=lambda: streams.drain() + pusher.drain())
         app.state.connections = connections
         connections.drain_before()
         sessions = make_sessionmaker(engine)
@@ -294,6 +301,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             delivery=delivery,
             presence_history=presence_history,
         )
+        await pusher.start(services)
         # Everything built so far (schema, SQLAlchemy metadata, imported modules)
         # lives as long as the process; the cyclic GC's full collections walked all
         # of it and paused the loop for 100-200 ms at 1,000 connections. Frozen
@@ -306,6 +314,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
             yield {"services": services}
         finally:
             steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+                ("pusher", pusher.close, 10.0),  # its claims, then the webhooks queued
                 ("presence_history", presence_history.close, 5.0),
                 ("presence", presence.close, 5.0),  # members of this process leave now
                 ("delivery_stats", delivery.close, 5.0),  # the last second's counts
@@ -368,6 +377,8 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         Mount(dashboard.APP_PATH, app=dashboard_page.app_files()),
         Route("/graphql", view),  # with the lane fast path on, WebSocketLane serves it
         WebSocketRoute("/graphql", view),
+        WebSocketRoute("/app/{key}", pusher),  # pusher-js, Laravel Echo
+        *pusher_http.routes(),
     ]
     # The body limit goes first: no other layer should read a body it refuses.
     refuse_body = partial(admission.refused, "body_bytes")
@@ -379,6 +390,7 @@ def create_app(settings: Settings | None = None, extensions: Sequence[Any] = ())
         middleware=[*_cors(settings), *first, *_middleware(fast, view)],
     )
     app.state.settings = settings
+    app.state.admission = admission
     if settings.mode is Mode.CLUSTER and generated_secret:  # pragma: no cover - Settings forbids
         raise RuntimeError("refusing a generated secret in cluster mode")
     return app

@@ -160,6 +160,19 @@ class Outbox:
         self.overflowed = False
 
     @property
+    def queued(self) -> int:
+        """Frames pushed but not yet handed to the socket."""
+        return len(self._frames or ()) + len(self._held or ())
+
+    async def drained(self, limit: float) -> None:
+        """Wait (at most ``limit`` seconds) until what was pushed so far is written:
+        a last frame before a close must not be cut off by the close."""
+        await asyncio.sleep(0)  # frames held in a burst go out in the coalescer's call_soon
+        task = self._task
+        if task is not None:
+            await asyncio.wait({task}, timeout=limit)
+
+    @property
     def write_path(self) -> str:
         """ "direct" when frames bypass the ASGI send path on this connection."""
         return "asgi" if self._raw is None else "direct"

@@ -343,6 +343,37 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=0, description="largest HTTP request body; over: 413; 0: unlimited"
     )
+    # The Pusher Channels protocol endpoint (api/pusher.py, README "Coming from Pusher").
+    pusher_apps: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated app_id:key:secret:institution entries; empty: the "
+        "Pusher endpoints answer 'app does not exist'",
+    )
+    pusher_webhooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated app_id=url entries: where each app's webhooks go "
+        "(channel_occupied/vacated, member_added/removed); empty: none",
+    )
+    pusher_activity_timeout_seconds: int = Field(
+        default=120,
+        ge=5,
+        le=3600,
+        description="told to Pusher clients in connection_established: they ping after this "
+        "long without a message; a socket silent for it plus 30 s is closed with 4201",
+    )
+    pusher_max_event_bytes: int = Field(
+        default=10 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="largest event data (HTTP API, client events) and largest inbound "
+        "frame on a Pusher socket, as Pusher's 10 KB",
+    )
+    rate_limit_pusher_client_events: str = Field(
+        default="10/second",
+        description="client-* events per Pusher connection (Pusher's own limit); over: the "
+        "event is dropped with pusher:error 4301",
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
     access_log: bool = Field(
@@ -361,6 +392,22 @@ class Settings(BaseSettings):
         """Accept the comma-separated form people actually type in env files."""
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("pusher_apps", "pusher_webhooks", mode="before")
+    @classmethod
+    def _split_apps(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("pusher_apps")
+    @classmethod
+    def _valid_apps(cls, value: list[str]) -> list[str]:
+        """Refuse a malformed or weak app at startup, not at the first connection."""
+        from api.pusher_apps import parse_apps
+
+        parse_apps(value)
         return value
 
     @field_validator("trusted_proxies", mode="before")
@@ -382,6 +429,7 @@ class Settings(BaseSettings):
         "rate_limit_service_mutations",
         "rate_limit_auth_failures_per_ip",
         "rate_limit_ws_messages",
+        "rate_limit_pusher_client_events",
     )
     @classmethod
     def _rate(cls, value: str) -> str:
@@ -437,6 +485,16 @@ class Settings(BaseSettings):
         weakness = secret_weakness(self.jwt_secret.get_secret_value())
         if weakness is not None:
             raise ValueError(weak_secret_message("EDUMATRIX_JWT_SECRET", weakness))
+        return self
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        """Each webhook names a configured Pusher app and an http(s) URL."""
+        if self.pusher_webhooks:
+            from api.pusher_apps import parse_apps
+            from api.pusher_webhooks import parse_webhooks
+
+            parse_webhooks(self.pusher_webhooks, parse_apps(self.pusher_apps))
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ a shared machine. See bench/README.md for what each number means.
     python bench/fanout.py --quick --server ours --fast-paths off   # stock library paths
     python bench/fanout.py --quick --server ours --tree /tmp/before  # another worktree
     python bench/fanout.py --quick --transport sse   # subscribers over graphql-sse (ours only)
+    python bench/fanout.py --quick --transport pusher  # over the Pusher protocol (ours only)
 
 Exit status 1 when any subscriber lost, duplicated or reordered a message, or was
 closed by the server during a measured phase: a correctness check, not a timing one.
@@ -40,7 +41,11 @@ from servers import BENCH, STOCK_ENV, Server, fast_paths_on, node_client, postgr
 
 DATABASES = {"sqlite": "SQLite", "postgres": "Postgres"}
 BUSES = {"memory": "memory bus", "redis": "Redis"}
-TRANSPORTS = {"ws": "graphql-transport-ws", "sse": "SSE, distinct connections"}
+TRANSPORTS = {
+    "ws": "graphql-transport-ws",
+    "sse": "SSE, distinct connections",
+    "pusher": "the Pusher protocol",
+}
 # The baseline is Strawberry's GraphQL view with its default subscription_protocols
 # (the two WebSocket ones): it does not answer `Accept: text/event-stream`.
 BASELINE_TRANSPORTS = ("ws",)
@@ -80,7 +85,7 @@ def server_label(kind: str, plan: Plan, workers: int) -> str:
         label = f"ours: {DATABASES[plan.database]} + {BUSES[plan.bus]}"
         label += f", {workers} workers" if workers > 1 else ""
         label += ", fast paths off" if plan.fast_paths == "off" else ""
-        label += ", over SSE" if plan.transport == "sse" else ""
+        label += {"sse": ", over SSE", "pusher": ", over Pusher"}.get(plan.transport, "")
         return label + (f", tree {plan.tree}" if plan.tree else "")
     return kind + (f" ({workers} workers + Redis)" if workers > 1 else "")
 
@@ -96,6 +101,8 @@ def choose_client(requested: str | None, transport: str = "ws") -> tuple[str, di
     versions, why_not = node_client(transport)
     if requested == "node" and versions is None:
         raise SystemExit(f"[bench] --client node: {why_not}")
+    if transport == "pusher" and (requested == "python" or versions is None):
+        raise SystemExit(f"[bench] --transport pusher needs the Node shard: {why_not or 'asked'}")
     if requested == "python" or versions is None:
         if requested is None:
             print(f"[bench] using the Python subscriber shard: {why_not}. It saturates the "
@@ -193,10 +200,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--transport",
-        choices=["ws", "sse"],
+        choices=["ws", "sse", "pusher"],
         default="ws",
         help="how the subscribers subscribe: ws = graphql-transport-ws, "
-        "sse = graphql-sse distinct connections (POST with Accept: text/event-stream)",
+        "sse = graphql-sse distinct connections (POST with Accept: text/event-stream), "
+        "pusher = the Pusher protocol on /app/{key} (Node shard only)",
     )
     parser.add_argument(
         "--fast-paths",

@@ -103,6 +103,7 @@ def _fmt(value: Any) -> str:
 TRANSPORT_NAMES = {
     "ws": {"handshake": "connect+init+ack", "handoff": "written to sockets"},
     "sse": {"handshake": "connect+POST+200 headers", "handoff": "yielded by the resolver"},
+    "pusher": {"handshake": "connect+auth+subscribed", "handoff": "written to sockets"},
 }
 
 Row = tuple[str, str, str]  # label, path into results, which way is better

@@ -44,7 +44,8 @@ class Plan:
     drain_s: float = 20.0
     client_cpu: int = 1
     client: str = "python"  # subscriber shards: "node" (graphql-ws) or "python" (websockets)
-    transport: str = "ws"  # "ws" (graphql-transport-ws) or "sse" (graphql-sse, distinct mode)
+    # "ws" (graphql-transport-ws), "sse" (graphql-sse, distinct mode) or "pusher"
+    transport: str = "ws"
     database: str = "sqlite"  # ours: "sqlite" (embedded) or "postgres"; the baseline has none
     bus: str = "memory"  # both servers: "memory" or "redis"
     fast_paths: str = "on"  # ours: "on" (api/accel decides) or "off" (EDUMATRIX_FAST_PATHS=false)
@@ -82,7 +83,7 @@ class ServerRun:
     async def connect(self, n: int) -> dict[str, Any]:
         """Connect n subscribers over ceil(n / shard_size) shards; time the handshakes."""
         shards = max(1, math.ceil(n / self.plan.shard_size))
-        scheme = "http" if self.plan.transport == "sse" else "ws"
+        scheme = "ws" if self.plan.transport == "ws" else "http"
         url = f"{scheme}://127.0.0.1:{self.server.port}/graphql"
         tok = token(SUBSCRIBER_USER)
         sizes = [n // shards + (1 if i < n % shards else 0) for i in range(shards)]

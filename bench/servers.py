@@ -56,7 +56,13 @@ def raise_nofile(needed: int) -> None:
 
 
 # The packages each transport of the Node shard loads (bench/node/ws.mjs, sse.mjs).
-NODE_PACKAGES = {"ws": ("graphql", "graphql-ws", "ws"), "sse": ("graphql-sse",)}
+NODE_PACKAGES = {
+    "ws": ("graphql", "graphql-ws", "ws"),
+    "sse": ("graphql-sse",),
+    "pusher": ("ws",),
+}
+# The Pusher app bench/node/pusher.mjs connects to (its key is APP_KEY there).
+BENCH_PUSHER_APP = "bench:benchkey0001:bench-secret-5d41402abc4b2a76b9719d91:northwood"
 
 
 def node_client(transport: str = "ws") -> tuple[dict[str, str] | None, str]:
@@ -207,6 +213,8 @@ class Server:
             "RATE_LIMIT_USER_MUTATIONS", "RATE_LIMIT_SERVICE_MUTATIONS", "RATE_LIMIT_WS_MESSAGES",
             "MAX_CONNECTIONS_PER_IP", "MAX_CONNECTIONS_PER_SUBJECT",
             "MAX_SUBSCRIPTIONS_PER_SUBJECT")})  # fmt: skip
+        if self.kind == "ours":
+            env["EDUMATRIX_PUSHER_APPS"] = BENCH_PUSHER_APP
         if self.redis_url:
             env["EDUMATRIX_REDIS_URL"] = self.redis_url
             env["EDUMATRIX_REDIS_PREFIX"] = f"bench{self.port}"
@@ -367,8 +375,9 @@ class ShardProcess:
         Both take the same arguments and speak the same JSON lines. The Python shard
         pins itself and raises its own file limit; Node can do neither, so it runs
         under ``taskset`` and inherits the limit raised here (children inherit it).
-        ``transport`` is ``ws`` (graphql-transport-ws, ``url`` is ``ws://``) or ``sse``
-        (graphql-sse distinct connections, ``url`` is ``http://``).
+        ``transport`` is ``ws`` (graphql-transport-ws, ``url`` is ``ws://``), ``sse``
+        (graphql-sse distinct connections, ``url`` is ``http://``) or ``pusher`` (the
+        Pusher protocol on ``/app/{key}``, Node only; ``url`` is ``http://``).
         """
         shard_args = ["--url", url, "--token", tok, "--channel", channel,
                       "--count", str(count), "--cpu", str(cpu)]  # fmt: skip

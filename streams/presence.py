@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,6 +181,7 @@ class Presence(ABC):
     def __init__(self, *, queue_size: int) -> None:
         self._queue_size = queue_size
         self._watchers: dict[str, set[Watch]] = {}
+        self._listeners: list[Callable[[PresenceEvent], None]] = []
 
     @abstractmethod
     async def start(self) -> None:
@@ -241,7 +242,15 @@ class Presence(ABC):
                 if not watchers:
                     del self._watchers[channel]
 
+    def listen(self, listener: Callable[[PresenceEvent], None]) -> None:
+        """Call ``listener`` with every event of every channel this process hears of
+        (Redis: every process hears every event; the Pusher webhooks elect one
+        sender per event). It runs inside the event loop's dispatch: keep it short."""
+        self._listeners.append(listener)
+
     def _dispatch(self, event: PresenceEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
         for watch in self._watchers.get(event.channel, ()):
             watch.offer(event)
 

@@ -15,7 +15,8 @@
 // uv_hrtime), so receipt minus t_ns is the latency across processes.
 //
 // The transport lives in its own module, each with one `open()` (ws.mjs:
-// graphql-transport-ws; sse.mjs: graphql-sse, distinct connections mode); only the
+// graphql-transport-ws; sse.mjs: graphql-sse, distinct connections mode; pusher.mjs:
+// the Pusher protocol on /app/{key}); only the
 // chosen one is loaded, so a ws run does not need graphql-sse and the other way round.
 //
 // Node cannot set its own CPU affinity: the driver starts this under `taskset -c`.
@@ -48,13 +49,13 @@ for (const name of ["url", "token", "channel", "count"]) {
     process.exit(2);
   }
 }
-if (!["ws", "sse"].includes(args.transport)) {
-  process.stderr.write(`shard.mjs: --transport must be ws or sse, not ${args.transport}\n`);
+if (!["ws", "sse", "pusher"].includes(args.transport)) {
+  process.stderr.write(`shard.mjs: --transport must be ws, sse or pusher, not ${args.transport}\n`);
   process.exit(2);
 }
 const COUNT = Number.parseInt(args.count, 10);
 const CONCURRENCY = Number.parseInt(args.concurrency, 10);
-const transport = await import(args.transport === "sse" ? "./sse.mjs" : "./ws.mjs");
+const transport = await import(`./${args.transport}.mjs`);
 
 // -- output ---------------------------------------------------------------------------
 process.stdout.on("error", () => process.exit(1)); // the driver is gone: nobody to report to
