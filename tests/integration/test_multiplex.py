@@ -4,6 +4,7 @@ gives, viewer-dependent fields included, and shares work only where it may."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from tests.gqlws import LEGACY_WS, TRANSPORT_WS, Closed, GraphQLWS, connect
 from tests.integration.test_embedded_ws import MATH_101, publish
-from tests.server import ServerProcess, token
+from tests.server import ServerProcess, base_env, token
 
 FULL = """
 subscription Watch($name: String!) {
@@ -147,15 +148,27 @@ VIA_STRAWBERRY = (
 )
 
 
-@pytest.mark.parametrize("order", ["MMM", "MMS", "MSS", "SMM", "SSM", "SMS", "SSS"])
-async def test_subscription_limit_counts_both_paths(make_server: Any, order: str) -> None:
-    """One limit for multiplexed (M) and Strawberry-served (S) subscriptions together,
-    in any order; the refusal is Strawberry's own frame, and ``complete`` on either
-    path frees a place."""
-    server: ServerProcess = make_server(max_subscriptions_per_connection="2")
+@pytest.fixture(scope="module")
+def two_per_connection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server with a limit of two subscriptions per connection, for every order
+    below: the limit is per connection, and each order opens its own."""
+    workdir = tmp_path_factory.mktemp("two-per-connection")
+    server = ServerProcess(workdir, base_env(workdir, max_subscriptions_per_connection="2"))
     server.cli("migrate")
     server.cli("seed-demo")
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("order", ["MMM", "MMS", "MSS", "SMM", "SSM", "SMS", "SSS"])
+async def test_subscription_limit_counts_both_paths(
+    two_per_connection: ServerProcess, order: str
+) -> None:
+    """One limit for multiplexed (M) and Strawberry-served (S) subscriptions together,
+    in any order; the refusal is Strawberry's own frame, and ``complete`` on either
+    path frees a place."""
+    server = two_per_connection
     documents = {"M": SHARED, "S": VIA_STRAWBERRY}
     channels = (MATH_101, "institution:northwood", "institution:northwood:alerts")
     async with connect(server.ws_url) as client:
