@@ -134,8 +134,9 @@ class EventFrames:
         self.skip: str | None = None
         self._plain: bytes | None = None
         self._positioned: bytes | None = None
-        if isinstance(item, Envelope):
-            self.skip = pusher_payload(item)[1]
+        if isinstance(item, Envelope) and item.data.get("source") == "pusher":
+            skip = item.data.get("socketId")  # the one socket not to send it to
+            self.skip = skip if isinstance(skip, str) else None
 
     def plain(self) -> bytes:
         if self._plain is None:
@@ -276,7 +277,9 @@ class PusherFanout:
         live = 0
         coalescer.holding = burst
         try:
-            for member in list(group.members):
+            # Nothing here adds or removes members (an overflow only asks the socket
+            # to end), so the set is walked as it is, not copied per message.
+            for member in group.members:
                 pending = member.pending
                 if pending is not None:
                     pending.append(frames)
