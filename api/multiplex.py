@@ -334,6 +334,9 @@ class Member:
     # live message passes, the member is in step with its group, whose positions are
     # monotonic too (``streams.hub``), and the check is off.
     floor: Position | None = None
+    # The epoch a replay left for a new one (Redis lost the channel): a live message
+    # of it still held in ``pending`` is older than everything the replay sent.
+    left: str | None = None
     # Called when the multiplexer ends the member itself (its replay failed, its
     # group's feed ended), so the connection forgets the operation and the client
     # may subscribe again with the same id.
@@ -351,6 +354,8 @@ class Member:
 
     def offer(self, item: Item, frames: Frames) -> bool:
         """Send a live item unless the replay already covered it."""
+        if self.left is not None and item.position.epoch == self.left:
+            return False
         floor = self.floor
         if floor is not None:
             position = item.position
@@ -573,6 +578,8 @@ class Multiplexer:
         last: Position = since
         if found.reset is not None:
             last = found.reset
+            if last.epoch != since.epoch:
+                member.left = since.epoch
             reset = ChannelEvent.reset(plan.channel, last)
             await member.send_paced(self.encode(plan, group.context, reset))
         for envelope in found.envelopes:

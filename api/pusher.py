@@ -176,9 +176,12 @@ class Subscriber:
     positioned: bool
     pending: list[EventFrames] | None = field(default_factory=list)  # until subscribed
     floor: Position | None = None  # positions at or below it were sent already
+    left: str | None = None  # the epoch a replay left for a new one: never go back
 
     def offer(self, frames: EventFrames) -> bool:
         if frames.skip is not None and frames.skip == self.socket.socket_id:
+            return False
+        if self.left is not None and frames.item.position.epoch == self.left:
             return False
         floor = self.floor
         if floor is not None:
@@ -653,6 +656,8 @@ class PusherSocket:
             last = since
             if found.reset is not None:
                 last = found.reset
+                if last.epoch != since.epoch:
+                    member.left = since.epoch
                 await self.outbox.push_paced(EventFrames(Reset(last), name).positioned())
             for envelope in found.envelopes:
                 frames = EventFrames(envelope, name)

@@ -189,17 +189,23 @@ class Bus:
         self, channel: str, feed: Feed, since: Position | None
     ) -> AsyncIterator[Item]:
         last = since
+        left: str | None = None  # an epoch the replay left: never go back to it
         if since is not None:
             found = await self.replays.recover(channel, since)
             if found.reset is not None:
                 last = found.reset
+                if last.epoch != since.epoch:
+                    left = since.epoch
                 yield Reset(last)
             for envelope in found.envelopes:
                 last = envelope.position
                 yield envelope
         async for item in feed:
             # Monotonic: nothing at or below what this subscription already has, in
-            # its epoch, whether a message in flight or a hub reset behind a replay.
+            # its epoch, whether a message in flight or a hub reset behind a replay,
+            # and nothing of an epoch the replay already left for a newer one.
+            if item.position.epoch == left:
+                continue
             if last is not None and item.position.epoch == last.epoch:
                 if item.position.offset <= last.offset:
                     continue

@@ -200,3 +200,23 @@ async def test_a_refused_replay_tells_its_member_why_and_frees_it() -> None:
         assert len(resuming.frames) == 2
     finally:
         await bus.close()
+
+
+async def test_a_member_never_goes_back_to_the_epoch_its_replay_left() -> None:
+    """A live message of the old epoch, held while the replay found the channel
+    reset into a new one (Redis restarted empty), is older than everything the
+    replay sent: it is dropped, not delivered after the new epoch's messages (seen
+    once in test_resets_are_monotonic)."""
+    from api.multiplex import Frames
+    from streams.envelope import Envelope, Position
+
+    socket = RecordingSocket()
+    one = member("1", socket)
+    one.left = "old"
+    one.floor = Position(3, "new")
+    stale = Envelope(16, "old", CHANNEL, "announcement", {}, 0)
+    fresh = Envelope(4, "new", CHANNEL, "announcement", {}, 0)
+    assert not one.offer(stale, Frames(b'{"data":1}'))
+    assert one.offer(fresh, Frames(b'{"data":2}'))
+    await until(lambda: len(socket.frames) == 1)
+    assert socket.frames[0]["payload"] == {"data": 2}
