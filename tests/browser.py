@@ -19,18 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright
 
+from tests.services import missing
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
-
-
-def missing(reason: str) -> None:
-    """Skip a test whose tool is not installed, saying which; under CI (``CI`` set)
-    fail instead, so a CI machine that lost the tool cannot pass by skipping."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def chromium_path() -> str:

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_cluster import RedisCluster, cluster_binaries, missing
+from tests.redis_cluster import RedisCluster, cluster_binaries
 from tests.server import ServerProcess, base_env, stock_only
-from tests.services import PostgresProcess, RedisProcess, ServiceMissing, find_postgres, find_redis
+from tests.services import (
+    PostgresProcess,
+    RedisProcess,
+    ServiceMissing,
+    find_postgres,
+    find_redis,
+    missing,
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

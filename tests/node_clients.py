@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.browser import missing
+from tests.services import missing
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -39,14 +38,6 @@ SLOTS = 16384
 MIN_VERSION = (7, 0)  # SSUBSCRIBE / SPUBLISH
 HOST = "127.0.0.1"
 BUS_OFFSET = 10000  # the cluster bus listens on port + 10000
-
-
-def missing(reason: str) -> None:
-    """Skip, saying what is missing; under CI (``CI`` set) fail instead, so a CI machine
-    that lost the tool cannot pass by skipping (the policy of tests/browser.py)."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _version(binary: str) -> tuple[int, int] | None:
