@@ -154,8 +154,12 @@ class AnalyticsConsumer:
                 try:
                     await self._unless_stopped_while_connecting(self._attempt())
                 except Exception as exc:
-                    if not is_transient(exc) or self._stop.is_set():
+                    if not is_transient(exc):
                         raise
+                    if self._stop.is_set():
+                        # A stop that raced a failed connect: the offsets live in
+                        # the database, so there is nothing to retry for (exit 0).
+                        break
                     delay = self._backoff.next()
                     log.warning(
                         "consumer.broker_unavailable",
