@@ -10,7 +10,8 @@ Rates (the `limits` library, fixed windows):
 - ``user_mutations`` / ``service_mutations``: mutation root fields per token
   ``sub`` (service tokens have their own, higher rate). HTTP answers 429 with
   ``Retry-After``; over WebSocket that operation gets an error with code
-  ``RATE_LIMITED``. Shared by every process through Redis in cluster mode.
+  ``RATE_LIMITED``. Shared by every process through Redis (one, or a Redis
+  Cluster) in cluster mode.
 - ``auth_failures``: failed authentications per client IP (``api.clientinfo``).
   Over it: HTTP 429 and WebSocket close 4429 instead of the usual refusal, and the
   view neither logs nor emits an event per failure any more (the audit trail
@@ -41,13 +42,20 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from starlette.types import Message, Receive, Scope
 
 from schema.errors import RateLimited
+from streams.redis_client import RedisTarget, parse_redis_url, state_url
 
 if TYPE_CHECKING:
     from api.metrics import Metrics
@@ -223,6 +231,7 @@ class Admission:
         self._auth_failures = parse_rate(settings.rate_limit_auth_failures_per_ip)
         self._ws_messages = parse_rate(settings.rate_limit_ws_messages)
         self._pool: ConnectionPool | None = None
+        self._cluster: RedisCluster | None = None
         self._shared = FixedWindowRateLimiter(self._shared_storage(settings))
         self._local = FixedWindowRateLimiter(self._memory())
         self.ip_connections = _Counts(settings.max_connections_per_ip)
@@ -235,25 +244,63 @@ class Admission:
         """Redis (through redis-py) when processes share one, else this process's memory."""
         if not settings.redis_url:
             return self._memory()
+        key_prefix = f"{settings.redis_prefix}:limits"
+        url = state_url(settings.redis_url)  # with the other deployment-wide state
+        target = parse_redis_url(url)
+        if target.cluster:
+            return self._cluster_storage(target, key_prefix)
         # Our own pool, so the lifespan can close it (the storage has no close), with
         # timeouts: a Redis that stopped answering must not hold requests (they are
         # then admitted, see _hit).
         self._pool = ConnectionPool.from_url(
-            settings.redis_url,
+            url,
             socket_timeout=STORAGE_TIMEOUT_SECONDS,
             socket_connect_timeout=STORAGE_TIMEOUT_SECONDS,
         )
         return RedisStorage(
-            "async+" + settings.redis_url,
+            "async+" + url,
             wrap_exceptions=True,
             implementation="redispy",
-            key_prefix=f"{settings.redis_prefix}:limits",
+            key_prefix=key_prefix,
             connection_pool=self._pool,  # type: ignore[arg-type]  # passed to redis-py
         )
+
+    def _cluster_storage(self, target: RedisTarget, key_prefix: str) -> Storage:
+        """`limits`' Redis Cluster storage, held to the pool's bounds: the same
+        timeouts and no retry (as the pool's connections), where redis-py's cluster
+        default (ten retries) holds a check for as long as a master hangs. MOVED is
+        still followed, and the check after a failover finds the new master. A rate
+        has one key, so its script runs on the master of that key's slot."""
+        # Credentials, TLS and ?options as the other components' cluster client reads
+        # them (RedisCluster.from_url); the URL's own options win, as there.
+        options: dict[str, Any] = {
+            "socket_timeout": STORAGE_TIMEOUT_SECONDS,
+            "socket_connect_timeout": STORAGE_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 0),
+            **parse_url(target.url),
+        }
+        for name in ("host", "port", "db"):
+            options.pop(name, None)
+        if options.pop("connection_class", None) is SSLConnection:
+            options["ssl"] = True
+        storage = RedisClusterStorage(
+            "async+redis+cluster://" + ",".join(f"{h}:{p}" for h, p in target.nodes),
+            wrap_exceptions=True,
+            implementation="redispy",
+            key_prefix=key_prefix,
+            **options,
+        )
+        # The storage makes its client and never closes it; close() does.
+        if isinstance(storage.bridge, RedispyBridge):
+            client = storage.bridge.get_connection()
+            self._cluster = client if isinstance(client, RedisCluster) else None
+        return storage
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     def refused(self, limit: str) -> None:
         """Count one refusal of ``limit`` (one of :data:`LIMITS`)."""
@@ -261,10 +308,12 @@ class Admission:
 
     async def _hit(self, item: RateLimitItem, key: str, cost: int = 1) -> bool:
         """True if admitted. Fails open when the shared storage (Redis) is down:
-        mutations then fail on their own, and logins keep working."""
+        mutations then fail on their own, and logins keep working. A Redis Cluster
+        none of whose nodes answers raises redis-py's ``RedisClusterException``,
+        which is no ``RedisError``, so `limits` does not wrap it."""
         try:
             return await self._shared.hit(item, key, cost=cost)
-        except (StorageError, OSError) as exc:
+        except (StorageError, RedisClusterException, OSError) as exc:
             now = time.monotonic()
             if now - self._storage_error_logged > _STORAGE_ERROR_LOG_INTERVAL:
                 self._storage_error_logged = now

@@ -25,18 +25,19 @@ from datetime import UTC, timedelta
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import outbox
 from db.models import utcnow
 from db.outbox import Queued
 from streams.bus import Bus
+from streams.redis_client import REDIS_DOWN
 
 log = structlog.get_logger(__name__)
 
-# What a failed publish raises: Redis errors, sockets, a pool that had no connection.
-_BUS_DOWN = (RedisError, OSError, ConnectionError, TimeoutError)
+# What a failed publish raises: Redis errors (a cluster's too), sockets, a pool that
+# had no connection.
+_BUS_DOWN: tuple[type[BaseException], ...] = (*REDIS_DOWN, ConnectionError, TimeoutError)
 
 
 class OutboxMetrics:

@@ -43,8 +43,6 @@ from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from prometheus_client import Gauge
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.http.websocket_origin import is_same_origin, normalize_origin
@@ -65,7 +63,7 @@ from streams.hub import ChannelUnavailable, HubClosed, Item, Reset
 from streams.presence import EventType, Member, Resync, Snapshot
 from streams.pusher_names import Access, PusherChannel, from_pusher
 from streams.pusher_occupancy import MemoryOccupancy, Occupancy, RedisOccupancy
-from streams.redis_client import resilient_client
+from streams.redis_client import REDIS_DOWN, AnyRedis, resilient_client
 from streams.replay import ReplayUnavailable
 
 log = structlog.get_logger(__name__)
@@ -833,7 +831,7 @@ class PusherEndpoint:
         )
         self._client_limiter = FixedWindowRateLimiter(MemoryStorage())
         self._gauge: Gauge | None = None
-        self._redis: Redis | None = None
+        self._redis: AnyRedis | None = None
         self.occupancy: Occupancy = MemoryOccupancy(lambda *_: None)  # until start()
         self.webhooks: Webhooks
         self.draining = False
@@ -873,7 +871,7 @@ class PusherEndpoint:
                 await self.occupancy.add(app.app_id, name)
             else:
                 await self.occupancy.remove(app.app_id, name)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("pusher.occupancy_failed", channel=name, error=repr(exc))
 
     def fanout(self, services: Services) -> PusherFanout:

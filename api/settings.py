@@ -27,6 +27,7 @@ from api.secret_policy import (
     secret_weakness,
     weak_secret_message,
 )
+from streams.redis_client import parse_redis_url
 
 _TOPIC = r"^[A-Za-z0-9._-]{1,200}$"
 
@@ -50,7 +51,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; empty means SQLite in data_dir.",
     )
     db_pool_size: int = Field(default=10, ge=1, le=200)
-    redis_url: str | None = Field(default=None, description="redis:// URL; unset = memory bus")
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port (one Redis) or redis+cluster://host:port,host:port "
+        "(a Redis Cluster, sharded Pub/Sub); unset = memory bus",
+    )
     redis_prefix: str = Field(default="emx", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     kafka_bootstrap: str | None = Field(
         default=None, description="host:port[,host:port]; unset = in-process event log"
@@ -457,6 +462,15 @@ class Settings(BaseSettings):
         schema's, once it exists."""
         off = [*self.fast_paths_off, *(() if self.http_fast_path else ("http",))]
         return decide(enabled=self.fast_paths, off=off, extensions=extensions)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_target(cls, value: str | None) -> str | None:
+        """Refuse a URL redis-py would misread (several hosts in redis://) at start,
+        not at the first publish."""
+        if value:
+            parse_redis_url(value)
+        return value or None
 
     @field_validator("database_url")
     @classmethod

@@ -2,7 +2,11 @@
 
 Embedded mode: broadcaster's ``memory://`` backend and an in-process channel log.
 Cluster mode: :class:`RedisPubSubBackend` for fan-out between processes and
-:class:`RedisChannelLog` for offsets and history, both on one Redis.
+:class:`RedisChannelLog` for offsets and history, both on one Redis; on a Redis
+Cluster (``redis+cluster://``) :class:`ShardedPubSubBackend` instead, so each
+message crosses only the shard of its channel's slot; on a list of independent
+Redis servers one backend and one channel log per shard, a channel on the shard of
+its hash slot.
 
 Every resume with ``since`` goes through one :class:`ReplayDesk`, which admits and
 paces history reads (``streams/replay.py``).
@@ -11,7 +15,7 @@ paces history reads (``streams/replay.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.envelope import Envelope, Position
-from streams.history import ChannelLog, MemoryChannelLog, RedisChannelLog
+from streams.history import ChannelLog, MemoryChannelLog, RedisChannelLog, ShardedChannelLog
 from streams.hub import Feed, Hub, Item, Reset
-from streams.redis_backend import RedisPubSubBackend
+from streams.redis_client import AnyRedis, cluster_client, parse_redis_url
+from streams.redis_sharded import AnyBackend, pubsub_backend
 from streams.replay import RecoveryMetrics, ReplayDesk
 
 log = structlog.get_logger(__name__)
@@ -46,6 +51,22 @@ class Pacing:
     reconnect_max_seconds: float = 1.0
 
 
+def _blocking_pool(url: str, pacing: Pacing) -> BlockingConnectionPool:
+    """A blocking pool: when every connection is busy (a herd of replays, a Redis
+    coming back), a command waits up to the timeout for one instead of failing at
+    once with MaxConnectionsError, as redis-py's default pool does."""
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=pacing.redis_pool_size,
+        timeout=pacing.redis_pool_timeout_seconds,
+        health_check_interval=10,
+        # Pooled connections go stale when Redis restarts; retry those few commands
+        # on a fresh connection instead of failing the request.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
 class Bus:
     def __init__(
         self,
@@ -53,8 +74,8 @@ class Bus:
         channel_log: ChannelLog,
         *,
         queue_size: int,
-        redis: Redis | None = None,
-        backend: RedisPubSubBackend | None = None,
+        redis: Sequence[AnyRedis] = (),
+        backend: AnyBackend | None = None,
         pacing: Pacing = Pacing(),
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -99,34 +120,39 @@ class Bus:
         pacing: Pacing = Pacing(),
         registry: CollectorRegistry | None = None,
     ) -> Bus:
-        # A blocking pool: when every connection is busy (a herd of replays, a Redis
-        # coming back), a command waits up to the timeout for one instead of failing
-        # at once with MaxConnectionsError, as redis-py's default pool does.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=pacing.redis_pool_size,
-            timeout=pacing.redis_pool_timeout_seconds,
-            health_check_interval=10,
-            # Pooled connections go stale when Redis restarts; retry those few
-            # commands on a fresh connection instead of failing the request.
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        client = Redis(connection_pool=pool)
-        backend = RedisPubSubBackend(url, prefix=prefix, max_backoff=pacing.reconnect_max_seconds)
-        broadcast = Broadcast(backend=backend)
-        channel_log = RedisChannelLog(
-            client,
-            prefix=prefix,
-            pubsub_prefix=backend.pubsub_channel(""),
-            size=history_size,
-            ttl_seconds=history_ttl,
-        )
+        target = parse_redis_url(url)
+        backend = pubsub_backend(url, prefix=prefix, max_backoff=pacing.reconnect_max_seconds)
+        clients: list[AnyRedis]
+        if target.cluster:
+            # redis-py's cluster client keeps a pool per node and fails at once when
+            # one is exhausted (no blocking pool): the replay desk's concurrency
+            # bounds what a herd of resumes can take.
+            clients = [
+                cluster_client(
+                    url,
+                    max_connections=pacing.redis_pool_size,
+                    health_check_interval=10,
+                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+                )
+            ]
+        else:
+            clients = [Redis(connection_pool=_blocking_pool(u, pacing)) for u in target.shards]
+        logs = [
+            RedisChannelLog(
+                client,
+                prefix=prefix,
+                pubsub_name=backend.pubsub_channel,
+                size=history_size,
+                ttl_seconds=history_ttl,
+                cluster=target.cluster,
+            )
+            for client in clients
+        ]
         return cls(
-            broadcast,
-            channel_log,
+            Broadcast(backend=backend),
+            logs[0] if len(logs) == 1 else ShardedChannelLog(logs),
             queue_size=queue_size,
-            redis=client,
+            redis=clients,
             backend=backend,
             pacing=pacing,
             registry=registry,
@@ -134,7 +160,7 @@ class Bus:
 
     @property
     def kind(self) -> str:
-        return "redis" if self._redis is not None else "memory"
+        return "redis" if self._redis else "memory"
 
     async def connect(self) -> None:
         await self._broadcast.connect()
@@ -152,10 +178,11 @@ class Bus:
         await self.replays.close()
         await self.hub.close()
         await self._broadcast.disconnect()
-        if self._redis is not None:
-            await self._redis.aclose()
-            # A client given a pool does not close it: its connections would linger.
-            await self._redis.connection_pool.disconnect()
+        for client in self._redis:
+            await client.aclose()
+            if isinstance(client, Redis):
+                # A client given a pool does not close it: its connections would linger.
+                await client.connection_pool.disconnect()
 
     async def publish(
         self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
@@ -222,7 +249,7 @@ class Bus:
         """Raise if this process cannot currently publish or receive."""
         if self._listener_failed is not None:
             raise RuntimeError(f"bus listener died: {self._listener_failed!r}")
-        if self._redis is not None:
-            await self._redis.ping()
-        if self._backend is not None and not self._backend.connected:
-            raise RuntimeError("redis pub/sub connection is down")
+        if self._backend is not None:
+            # One Redis: its pubsub connection is up and it answers. A cluster: every
+            # master takes a publish and every channel is subscribed at its shard.
+            await self._backend.check()

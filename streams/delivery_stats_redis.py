@@ -1,7 +1,8 @@
 """Cluster-mode delivery numbers in Redis: one hash per minute, increments only.
 
 Keys (``B`` is ``{prefix}:{metrics}``; the hash tag keeps them in one slot, so one
-MULTI writes a flush and one pipeline reads an hour)::
+MULTI writes a flush and one pipeline reads an hour, also on a Redis Cluster, where
+a transaction must stay in one slot and both go to that slot's master)::
 
     B:d:{minute}   HASH  n -> deliveries, b0..b11 -> per latency bucket (b11: +Inf),
                          p -> processes that reported in the minute; expires ~65 min

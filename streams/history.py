@@ -11,7 +11,8 @@ Guarantees of every :class:`ChannelLog`:
   (trimmed, expired, or the epoch changed because the history was lost).
 
 :class:`MemoryChannelLog` serves embedded mode (one process); :class:`RedisChannelLog`
-keeps history in Redis Streams for every server process of a cluster.
+keeps history in Redis Streams for every server process of a cluster, on one Redis
+or a Redis Cluster; :class:`ShardedChannelLog` over a list of independent Redis.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broadcaster import Broadcast
-from redis.asyncio import Redis
 
 from streams.envelope import Envelope, Position, assemble, decode, encode_body
+from streams.redis_client import AnyRedis, shard_of, sharded
 
 
 class ChannelLog(Protocol):
@@ -230,18 +231,28 @@ class RedisChannelLog:
     The channel's meta hash has no expiry, so offsets keep growing across idle
     periods; if Redis loses it (restart without persistence), the next publish
     starts a new epoch and clients resuming from the old one get ``recovered:
-    false``. Keys share a hash tag, so the script also runs on Redis Cluster.
+    false``. A channel's keys share its name as hash tag (``{prefix}:{channel}:meta``),
+    so on a Redis Cluster they, and its sharded pubsub channel, live in one slot.
     """
 
     def __init__(
-        self, client: Redis, *, prefix: str, pubsub_prefix: str, size: int, ttl_seconds: float
+        self,
+        client: AnyRedis,
+        *,
+        prefix: str,
+        pubsub_name: Callable[[str], str],
+        size: int,
+        ttl_seconds: float,
+        cluster: bool = False,
     ) -> None:
         self._client = client
         self._prefix = prefix
-        self._pubsub_prefix = pubsub_prefix
+        self._pubsub_name = pubsub_name
         self._size = size
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._script = client.register_script(_PUBLISH)
+        # On a cluster the script SPUBLISHes to the channel's shard; the pubsub name
+        # carries the channel as its hash tag, so it shares the keys' slot.
+        self._script = client.register_script(sharded(_PUBLISH, cluster))
 
     def _keys(self, channel: str) -> tuple[str, str]:
         tag = f"{self._prefix}:{{{channel}}}"
@@ -255,7 +266,7 @@ class RedisChannelLog:
         offset, epoch, ms = await self._script(
             keys=[meta, log_key, f"{self._prefix}:{{{channel}}}:keys"],
             args=[
-                self._pubsub_prefix + channel,
+                self._pubsub_name(channel),
                 body,
                 self._size,
                 self._ttl_ms,
@@ -287,3 +298,26 @@ class RedisChannelLog:
         if not _recoverable(retained, since, head):
             return None
         return retained
+
+
+class ShardedChannelLog:
+    """Channels spread over independent Redis servers by hash slot; each channel's
+    offsets, history and live messages stay on its one shard, so every guarantee of
+    :class:`RedisChannelLog` holds per channel."""
+
+    def __init__(self, logs: list[RedisChannelLog]) -> None:
+        self._logs = logs
+
+    def _log(self, channel: str) -> RedisChannelLog:
+        return self._logs[shard_of(channel, len(self._logs))]
+
+    async def publish(
+        self, channel: str, kind: str, data: Mapping[str, Any], *, key: str | None = None
+    ) -> Envelope:
+        return await self._log(channel).publish(channel, kind, data, key=key)
+
+    async def position(self, channel: str) -> Position:
+        return await self._log(channel).position(channel)
+
+    async def read_since(self, channel: str, since: Position) -> list[Envelope] | None:
+        return await self._log(channel).read_since(channel, since)

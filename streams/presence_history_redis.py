@@ -7,7 +7,9 @@ Keys (``B`` is ``{prefix}:{metrics}``, one hash tag, one slot)::
                        intervals) after it is written
 
 The write is one script that stores the sample only if the slot's hash does not
-exist yet, so two processes sampling the same slot leave exactly one sample.
+exist yet, so two processes sampling the same slot leave exactly one sample. The
+script names its hash in KEYS: on a Redis Cluster that is how redis-py sends it to
+the master of the hash's slot.
 """
 
 from __future__ import annotations

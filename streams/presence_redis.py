@@ -32,8 +32,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams import presence_lua as lua
 from streams.presence import Census, Member, Presence, PresenceEvent, Snapshot, Status
-from streams.redis_backend import GAP, RedisPubSubBackend
-from streams.redis_client import every, resilient_client
+from streams.redis_backend import GAP
+from streams.redis_client import every, is_cluster, resilient_client, sharded, state_url
+from streams.redis_sharded import pubsub_backend
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +57,13 @@ class RedisPresence(Presence):
 
     def __init__(self, url: str, *, prefix: str, timeout_seconds: float, queue_size: int) -> None:
         super().__init__(queue_size=queue_size)
+        url = state_url(url)  # presence is deployment-wide state: one Redis or cluster
         self._client = resilient_client(url)
-        self._backend = RedisPubSubBackend(url, prefix=f"{prefix}:presence")
         self._base = f"{prefix}:{{presence}}"
+        cluster = is_cluster(url)
+        # On a cluster the event topic carries the presence keys' hash tag, so the
+        # scripts can SPUBLISH it in the keys' slot (one shard holds all presence).
+        self._backend = pubsub_backend(url, prefix=self._base if cluster else f"{prefix}:presence")
         self._topic = self._backend.pubsub_channel(TOPIC)
         self._timeout_ms = int(timeout_seconds * 1000)
         self._timeout = timeout_seconds
@@ -67,12 +72,13 @@ class RedisPresence(Presence):
         self._local: dict[str, _Local] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._scripts: dict[str, AsyncScript] = {
-            name: self._client.register_script(getattr(lua, name))
+            name: self._client.register_script(sharded(getattr(lua, name), cluster))
             for name in ("JOIN", "LEAVE", "EXPIRE", "HEARTBEAT", "STATUS", "SNAPSHOT")
         }
 
     async def _run(self, name: str, *args: str | int) -> Any:
-        return await self._scripts[name](args=[self._base, self._topic, *args])
+        # The base as KEYS[1]: a cluster client routes the script to its slot.
+        return await self._scripts[name](keys=[self._base], args=[self._base, self._topic, *args])
 
     async def start(self) -> None:
         await self._backend.connect()

@@ -12,7 +12,9 @@ reaper (one process at a time, by a lock) drops claims past their expiry and rep
 the channels that emptied. So a crashed process's channels are vacated within
 ``timeout`` plus a few seconds, never left occupied for ever.
 
-Every key shares the ``{pusher}`` hash tag, so the scripts' keys live in one slot.
+Every key shares the ``{pusher}`` hash tag, so the scripts' keys live in one slot: on
+a Redis Cluster each script runs on that slot's master (redis-py routes it by its
+first key), and the reaper scans only that master.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from collections.abc import Callable
 from contextlib import suppress
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
-from streams.redis_client import every
+from streams.redis_client import REDIS_DOWN, AnyRedis, every
 
 log = structlog.get_logger(__name__)
 
@@ -157,7 +159,7 @@ class MemoryOccupancy(Occupancy):
 
 class RedisOccupancy(Occupancy):
     def __init__(
-        self, client: Redis, *, prefix: str, timeout_seconds: float, on_change: OnChange
+        self, client: AnyRedis, *, prefix: str, timeout_seconds: float, on_change: OnChange
     ) -> None:
         super().__init__(on_change)
         self._client = client
@@ -197,7 +199,7 @@ class RedisOccupancy(Occupancy):
         for app_id, name in list(self._local):
             try:
                 await self._claim(app_id, name, 1, 0)
-            except (RedisError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 log.warning("pusher.occupancy_release_failed", error=repr(exc))
                 break  # the rest expire and are reaped
         self._local.clear()
@@ -206,18 +208,29 @@ class RedisOccupancy(Occupancy):
         answer = await self._script(keys=self._keys(app_id, name), args=self._args(name, count))
         self._report(app_id, name, transitions(*(int(x) for x in answer)))
 
+    async def _claims(self, claims: list[tuple[str, str, int]]) -> None:
+        """:data:`SET_CLAIM` for many channels in one round trip, each change reported."""
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for app_id, name, count in claims:
+                keys = self._keys(app_id, name)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *self._args(name, count))
+            try:
+                answers = await pipe.execute()
+                break
+            except NoScriptError:
+                # A Redis without the script (restarted, or a cluster master just
+                # promoted) answers NOSCRIPT: load it and go once more.
+                if attempt:
+                    raise
+                await self._client.script_load(SET_CLAIM)
+        for (app_id, name, _), answer in zip(claims, answers, strict=True):
+            self._report(app_id, name, transitions(*(int(x) for x in answer)))
+
     async def _refresh(self) -> None:
         """Extend this process's claims (and store its current counts)."""
-        if not self._local:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for (app_id, name), count in self._local.items():
-            await self._script(
-                keys=self._keys(app_id, name), args=self._args(name, count), client=pipe
-            )
-        answers = await pipe.execute()
-        for (app_id, name), answer in zip(list(self._local), answers, strict=False):
-            self._report(app_id, name, transitions(*(int(x) for x in answer)))
+        if self._local:
+            await self._claims([(app_id, name, n) for (app_id, name), n in self._local.items()])
 
     async def _reap(self) -> None:
         """Drop expired claims of every channel; one process per round, by a lock."""
@@ -226,22 +239,19 @@ class RedisOccupancy(Occupancy):
         )
         if not got:
             return
-        cursor = 0
-        while True:
-            cursor, keys = await self._client.scan(cursor, match=f"{self._base}:names:*", count=100)
-            for key in keys:
-                app_id = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
-                names = await self._client.smembers(key)
-                pipe = self._client.pipeline(transaction=False)
-                decoded = [n.decode() if isinstance(n, bytes) else n for n in names]
-                for name in decoded:
-                    await self._script(
-                        keys=self._keys(app_id, name), args=self._args(name, -1), client=pipe
-                    )
-                for name, answer in zip(decoded, await pipe.execute(), strict=False):
-                    self._report(app_id, name, transitions(*(int(x) for x in answer)))
-            if cursor == 0:
-                return
+        pattern = f"{self._base}:names:*"
+        if isinstance(self._client, RedisCluster):
+            # A cluster's SCAN would walk every master; the keys are all on the tag's.
+            node = self._client.get_node_from_key(self._base)
+            keys = self._client.scan_iter(match=pattern, count=100, target_nodes=node)
+        else:
+            keys = self._client.scan_iter(match=pattern, count=100)
+        async for key in keys:
+            app_id = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1]
+            names = await self._client.smembers(key)
+            decoded = [n.decode() if isinstance(n, bytes) else n for n in names]
+            if decoded:
+                await self._claims([(app_id, name, -1) for name in decoded])
 
     async def channels(self, app_id: str) -> dict[str, int]:
         names = await self._client.smembers(f"{self._base}:names:{app_id}")

@@ -34,7 +34,7 @@ GAP = "\x00gap"
 _DISCONNECTS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
-async def _close(pubsub: PubSub) -> None:
+async def close_pubsub(pubsub: PubSub) -> None:
     """Close a pub/sub connection whether or not this redis-py types ``aclose``.
 
     Why not a ``type: ignore``: redis-py < 8.2 leaves ``PubSub.aclose`` untyped and
@@ -46,6 +46,8 @@ async def _close(pubsub: PubSub) -> None:
 
 
 class RedisPubSubBackend(BroadcastBackend):
+    publish_command = "PUBLISH"
+
     def __init__(
         self,
         url: str | None = None,
@@ -99,7 +101,7 @@ class RedisPubSubBackend(BroadcastBackend):
             except asyncio.CancelledError:
                 pass
         if self._pubsub is not None:
-            await _close(self._pubsub)
+            await close_pubsub(self._pubsub)
         if self._owns_client and self._client is not None:
             await self._client.aclose()
         self.connected = False
@@ -129,6 +131,12 @@ class RedisPubSubBackend(BroadcastBackend):
 
     async def next_published(self) -> Event:
         return await self._events.get()
+
+    async def check(self) -> None:
+        """Raise unless the subscriber connection is up and Redis answers."""
+        if not self.connected:
+            raise RuntimeError("redis pub/sub connection is down")
+        await self.client.ping()
 
     async def _read_forever(self) -> None:
         while True:
@@ -178,7 +186,7 @@ class RedisPubSubBackend(BroadcastBackend):
     async def _reconnect(self) -> None:
         if self._pubsub is not None:
             try:
-                await _close(self._pubsub)
+                await close_pubsub(self._pubsub)
             except _DISCONNECTS:
                 pass
         client = self.client

@@ -112,6 +112,45 @@ def kafka_bootstrap() -> Iterator[str]:
     broker.stop()
 
 
+# The stock pass proves the fast paths' stand-ins; the bus is not one of them, so
+# it runs the cross-process tests on one Redis only.
+BUSES = ["redis"] if stock_only() else ["redis", "redis-cluster", "redis-shards"]
+
+
+def _bus_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    if request.param == "redis-shards":
+        return str(request.getfixturevalue("redis_shards"))
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return cluster.cluster_url
+
+
+@pytest.fixture(params=BUSES)
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """``EDUMATRIX_REDIS_URL`` for cross-process delivery tests: one Redis, and in
+    the first pass a Redis Cluster (sharded Pub/Sub, 3 masters) and a list of two
+    independent Redis servers."""
+    return _bus_url(request)
+
+
+@pytest.fixture(params=[b for b in BUSES if b != "redis-shards"])
+def state_bus_url(request: pytest.FixtureRequest) -> str:
+    """As ``bus_url`` for presence and recovery tests, without the shard list: its
+    presence lives on the first shard, a single Redis, and its per-shard recovery
+    is tested in process (tests/integration/test_redis_shards_bus.py)."""
+    return _bus_url(request)
+
+
+@pytest.fixture(scope="session")
+def redis_shards(redis_url: str) -> Iterator[str]:
+    """Two independent Redis servers as one shard list: the shared one and one
+    started for this session."""
+    extra = RedisProcess().start()
+    yield f"{redis_url},{extra.url}"
+    extra.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """One Redis Cluster (3 masters, 1 replica each) per test session, started on first

@@ -260,6 +260,11 @@ class RedisCluster:
         return [f"redis://{HOST}:{port}" for port in self.live_ports]
 
     @property
+    def cluster_url(self) -> str:
+        """What ``EDUMATRIX_REDIS_URL`` takes for this cluster: every live node."""
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.startup_nodes)
+
+    @property
     def url(self) -> str:
         """A master's URL; a cluster client discovers the rest from it."""
         return f"redis://{HOST}:{self.masters()[0].port}"

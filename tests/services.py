@@ -12,6 +12,7 @@ import asyncio
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -34,11 +35,35 @@ class ServiceMissing(RuntimeError):
     pass
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    Why not bind port 0: that port comes from the ephemeral range, where the kernel
+    also picks the source port of every outgoing connection; between our check and
+    the server's bind, one of the suite's many client connections took it once
+    ("address already in use", CI). Below the range only another listener can.
+    """
+    low, _ = _ephemeral_range()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

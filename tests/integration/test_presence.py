@@ -85,11 +85,11 @@ async def test_presence_acl(embedded_server: ServerProcess) -> None:
 
 @pytest.fixture
 def cluster(
-    make_server: Make, pg_url: str, redis_url: str, redis_prefix: str
+    make_server: Make, pg_url: str, state_bus_url: str, redis_prefix: str
 ) -> list[ServerProcess]:
     settings = {
         "database_url": pg_url,
-        "redis_url": redis_url,
+        "redis_url": state_bus_url,
         "redis_prefix": redis_prefix,
         "presence_timeout_seconds": str(TIMEOUT),
     }

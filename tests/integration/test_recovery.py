@@ -61,11 +61,11 @@ async def position_now(server: ServerProcess) -> dict[str, Any]:
 
 @pytest.fixture
 def cluster(
-    make_server: Make, pg_url: str, redis_url: str, redis_prefix: str
+    make_server: Make, pg_url: str, state_bus_url: str, redis_prefix: str
 ) -> list[ServerProcess]:
     settings = {
         "database_url": pg_url,
-        "redis_url": redis_url,
+        "redis_url": state_bus_url,
         "redis_prefix": redis_prefix,
         "history_size": "5000",
     }
