@@ -17,9 +17,7 @@ Make = Callable[..., ServerProcess]
 
 
 @pytest.fixture
-def cluster(
-    make_server: Make, pg_url: str, bus_url: str, redis_prefix: str
-) -> list[ServerProcess]:
+def cluster(make_server: Make, pg_url: str, bus_url: str, redis_prefix: str) -> list[ServerProcess]:
     settings = {"database_url": pg_url, "redis_url": bus_url, "redis_prefix": redis_prefix}
     first = make_server(**settings)
     first.cli("migrate")
