@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.redis_cluster import RedisCluster, cluster_binaries
-from tests.server import ServerProcess, base_env, stock_only
+from tests.server import FRESH_POSTGRES, ServerProcess, base_env, stock_only
 from tests.services import (
     PostgresProcess,
     RedisProcess,
@@ -65,7 +65,10 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
     name = f"emx_test_{secrets.token_hex(4)}"
     asyncio.run(_admin(pg_admin_url, f'CREATE DATABASE "{name}"'))
     base = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
+    url = f"{base}/{name}"
+    FRESH_POSTGRES.add(url)  # ServerProcess.cli may make it from a template
+    yield url
+    FRESH_POSTGRES.discard(url)
     asyncio.run(_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

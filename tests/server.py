@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -10,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -72,21 +76,80 @@ def _sqlite_file(env: dict[str, str]) -> Path | None:
     return Path(env["EDUMATRIX_DATA_DIR"]) / "edumatrix.db"
 
 
+# Postgres databases the ``pg_url`` fixture created empty for one test, and the
+# templates (``CREATE DATABASE … TEMPLATE``) made from them in this test process.
+FRESH_POSTGRES: set[str] = set()
+_PG_TEMPLATES: dict[tuple[str, ...], str] = {}
+
+
+def _postgres_db(env: dict[str, str]) -> str | None:
+    url = env.get("EDUMATRIX_DATABASE_URL", "")
+    return url if url.startswith("postgresql") else None
+
+
 def _prepared_step(env: dict[str, str], args: tuple[str, ...]) -> tuple[str, ...] | None:
     """The steps the database will have taken after ``args``, when a template may
-    stand in for running them: ``("migrate",)`` on a new file, ``("migrate",
-    "seed-demo")`` on a file made by a template of ``("migrate",)``."""
-    db = _sqlite_file(env)
+    stand in for running them: ``("migrate",)`` on a new file (or a Postgres
+    database the fixture made empty), ``("migrate", "seed-demo")`` on one made by a
+    template of ``("migrate",)``."""
+    db: Path | str | None = _sqlite_file(env) or _postgres_db(env)
     if db is None:
         return None
-    if args == ("migrate",) and not db.exists():
+    fresh = db in FRESH_POSTGRES if isinstance(db, str) else not db.exists()
+    if args == ("migrate",) and fresh:
         return ("migrate",)
-    if args == ("seed-demo",) and db.exists() and _MADE.get(db) == ("migrate",):
+    if args == ("seed-demo",) and _MADE.get(db) == ("migrate",):
         return ("migrate", "seed-demo")
     return None
 
 
-_MADE: dict[Path, tuple[str, ...]] = {}  # database files and the steps that made them
+_MADE: dict[Path | str, tuple[str, ...]] = {}  # databases and the steps that made them
+
+
+def _pg_admin(url: str, *statements: str) -> None:
+    """Statements on the server of ``url``, connected to its ``postgres`` database
+    (a database cannot be copied or replaced while connected to it)."""
+    import asyncpg
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1).rsplit("/", 1)[0]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{dsn}/postgres")
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    # In a thread of its own: async tests call cli() from a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def _from_postgres_template(
+    url: str, step: tuple[str, ...], run: Callable[[], subprocess.CompletedProcess[str]]
+) -> subprocess.CompletedProcess[str]:
+    """As :func:`_from_template`, for a Postgres database: the first time in a test
+    process the CLI runs and the result is kept as a template database (dropped
+    when the process exits); after that the test's database is made from it."""
+    name = url.rsplit("/", 1)[1]
+    template = _PG_TEMPLATES.get(step)
+    if template is None:
+        result = run()
+        template = f"emx_tmpl_{os.getpid()}_{len(step)}_{secrets.token_hex(3)}"
+        _pg_admin(url, f'CREATE DATABASE "{template}" TEMPLATE "{name}"')
+        _PG_TEMPLATES[step] = template
+        atexit.register(_pg_admin, url, f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+    else:
+        _pg_admin(
+            url,
+            f'DROP DATABASE "{name}" WITH (FORCE)',
+            f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
+        )
+        result = subprocess.CompletedProcess(["edumatrix", *step[-1:]], 0, "", "")
+    FRESH_POSTGRES.discard(url)
+    _MADE[url] = step
+    return result
 
 
 def _from_template(
@@ -95,7 +158,10 @@ def _from_template(
     run: Callable[[], subprocess.CompletedProcess[str]],
 ) -> subprocess.CompletedProcess[str]:
     db = _sqlite_file(env)
-    assert db is not None
+    if db is None:
+        url = _postgres_db(env)
+        assert url is not None
+        return _from_postgres_template(url, step, run)
     template = _TEMPLATES.get(step)
     if template is None:
         result = run()
@@ -129,11 +195,13 @@ class ServerProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``edumatrix <args>`` for this server's settings.
 
-        ``migrate`` then ``seed-demo`` on an embedded (SQLite) server produce the same
-        database file every time in a test session, and cost ~3 s of CPU in two fresh
-        interpreters; about a hundred servers of the suite start that way. The first
-        time in a test process they run for real and the file is kept; after that the
-        file is copied. Anything else, and every database on Postgres, runs the CLI.
+        ``migrate`` then ``seed-demo`` produce the same database every time in a test
+        session, and cost ~3 s of CPU in two fresh interpreters (4-7 s on Postgres);
+        about a hundred servers of the suite start that way. The first time in a test
+        process they run for real and the result is kept (the SQLite file, or a
+        Postgres template database); after that it is copied (``CREATE DATABASE …
+        TEMPLATE`` on Postgres, for a database the ``pg_url`` fixture made empty).
+        Anything else runs the CLI.
         """
         step = _prepared_step(self.env, args)
         if step is not None:

@@ -1,7 +1,7 @@
-"""Two server processes on a real Redis Cluster (3 masters + replicas): channels on
-every master reach subscribers on the other process, and a master that dies or
-fails over while announcements are being published loses nothing that was
-acknowledged, while the servers recover without a restart."""
+"""Two server processes on a real Redis Cluster (3 masters + replicas): a master
+killed while announcements are published on every master loses nothing that was
+acknowledged, the healthy shards' channels go on without a reset, and the servers
+recover without a restart."""
 
 from __future__ import annotations
 
@@ -85,41 +85,14 @@ async def subscribe_all(client: GraphQLWS) -> dict[str, str]:
     return ops
 
 
-async def test_every_master_reaches_the_other_process(
+async def test_a_master_killed_while_publishing_loses_no_acknowledged_message(
     servers: list[ServerProcess], redis_cluster: RedisCluster
 ) -> None:
+    """Publishing to a channel on each master from one process, subscribed on the
+    other. A kill is the harsher failure (the readers' connection breaks, a
+    failover's unsubscribe is tested in process: test_redis_cluster_bus.py)."""
     a, b = servers
     assert len({master_of(redis_cluster, c) for c in CHANNELS}) == 3
-    await until_ready(a)
-    async with connect(b.ws_url, TRANSPORT_WS) as client:
-        ops = await subscribe_all(client)
-        sent = {}
-        for channel in CHANNELS:
-            result = await asyncio.to_thread(
-                a.graphql, PUBLISH, {"channel": channel, "title": channel}, as_user="nw-admin"
-            )
-            assert "errors" not in result, result
-            sent[channel] = result["data"]["publishAnnouncement"]["id"]  # type: ignore[index]
-        got: dict[str, Any] = {}
-        while len(got) < len(CHANNELS):
-            message = await next_message(client, wait=10)
-            got[ops[message["id"]]] = message["payload"]["data"]["channel"]
-    for channel in CHANNELS:
-        assert got[channel]["announcement"]["id"] == sent[channel]
-        assert got[channel]["offset"] == 1 and got[channel]["recovered"]
-        position = b.graphql(
-            "query($n: String!) { channelPosition(name: $n) { offset epoch } }",
-            {"n": channel},
-            as_user="nw-admin",
-        )["data"]["channelPosition"]  # type: ignore[index]
-        assert position == {"offset": 1, "epoch": got[channel]["epoch"]}
-
-
-@pytest.mark.parametrize("how", ["kill", "failover"])
-async def test_a_master_lost_while_publishing_loses_no_acknowledged_message(
-    servers: list[ServerProcess], redis_cluster: RedisCluster, how: str
-) -> None:
-    a, b = servers
     await until_ready(a)
     await until_ready(b)
     victim = master_of(redis_cluster, CHANNELS[2])
@@ -128,13 +101,9 @@ async def test_a_master_lost_while_publishing_loses_no_acknowledged_message(
     during = 0  # rounds published while the shard was failing over
 
     def strike() -> None:
-        if how == "kill":
-            redis_cluster.kill(victim)
-            redis_cluster.wait_ok()  # its replica is promoted and every node agrees
-        else:
-            redis_cluster.failover(redis_cluster.replica_of(victim).port)
+        redis_cluster.kill(victim)
+        redis_cluster.wait_ok()  # its replica is promoted and every node agrees
 
-    struck = asyncio.Event()
     outage: list[asyncio.Task[None]] = []
 
     async def publish(channel: str) -> None:
@@ -145,7 +114,6 @@ async def test_a_master_lost_while_publishing_loses_no_acknowledged_message(
         for r in range(500):
             if r == 10 and not outage:
                 outage.append(asyncio.create_task(asyncio.to_thread(strike)))
-                struck.set()
             if outage and outage[0].done():
                 after += 1
                 if after > 10:
@@ -191,11 +159,10 @@ async def test_a_master_lost_while_publishing_loses_no_acknowledged_message(
         await until_ready(a)
         await until_ready(b)
     finally:
-        if how == "kill":
-            await asyncio.to_thread(redis_cluster.revive, victim)
+        await asyncio.to_thread(redis_cluster.revive, victim)
     assert during > 0, "nothing was published during the outage"
     print(
-        f"{how}: {during} rounds during the outage, {refused} refused, acked",
+        f"kill: {during} rounds during the outage, {refused} refused, acked",
         {c: len(v) for c, v in acked.items()},
     )
     for channel in CHANNELS:
