@@ -45,6 +45,18 @@ async def close_pubsub(pubsub: PubSub) -> None:
     await aclose()
 
 
+async def connect_pubsub(pubsub: PubSub) -> None:
+    """Open the pub/sub connection now, before any subscribe.
+
+    Why: redis-py's ``PubSub`` connects at its first subscribe and assigns the
+    connection only after an await, so concurrent first subscribes each opened one,
+    and only the last was read: the others' channels never delivered. (Typed alias:
+    ``PubSub.connect`` is untyped.)
+    """
+    connect: Callable[[], Awaitable[None]] = pubsub.connect
+    await connect()
+
+
 class RedisPubSubBackend(BroadcastBackend):
     publish_command = "PUBLISH"
 
@@ -90,6 +102,7 @@ class RedisPubSubBackend(BroadcastBackend):
             )
         await self._client.ping()
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await connect_pubsub(self._pubsub)
         self.connected = True
         self._reader = asyncio.create_task(self._read_forever(), name="redis-pubsub-reader")
 
@@ -192,6 +205,7 @@ class RedisPubSubBackend(BroadcastBackend):
         client = self.client
         await client.ping()
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await connect_pubsub(self._pubsub)
         if self._channels:
             await self._pubsub.subscribe(*(self.pubsub_channel(c) for c in self._channels))
         self.connected = True

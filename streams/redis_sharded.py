@@ -37,7 +37,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from streams.redis_backend import GAP, RedisPubSubBackend, close_pubsub
+from streams.redis_backend import GAP, RedisPubSubBackend, close_pubsub, connect_pubsub
 from streams.redis_client import REDIS_DOWN, cluster_client, parse_redis_url, shard_of
 
 log = structlog.get_logger(__name__)
@@ -64,12 +64,16 @@ class _Shard:
             retry=Retry(NoBackoff(), 0),
         )
         self.pubsub: PubSub = self.client.pubsub()
+        self._connecting = asyncio.Lock()
         self.channels: set[str] = set()
         self.failed = False
         self.reader = asyncio.create_task(self._read(), name=f"redis-shard-{self.name}")
 
     async def add(self, channels: list[str]) -> None:
         self.channels.update(channels)
+        async with self._connecting:  # once, before any subscribe (connect_pubsub)
+            if self.pubsub.connection is None:
+                await connect_pubsub(self.pubsub)
         # One SSUBSCRIBE per channel: Redis refuses one naming several slots.
         for channel in channels:
             await self.pubsub.ssubscribe(self.owner.pubsub_channel(channel))

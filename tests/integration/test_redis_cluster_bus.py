@@ -178,3 +178,28 @@ async def test_a_broken_shard_gaps_only_its_channels_and_recovers(
         await backend.disconnect()
         if how == "kill":
             await asyncio.to_thread(redis_cluster.revive, victim)
+
+
+async def test_concurrent_first_subscribes_on_a_master_all_deliver(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A herd of first subscribers at once (found by bench/shards.py): each
+    channel of a master must be read, not only the last subscribe's."""
+    by_master = spread(redis_cluster, "herd", per_master=4)
+    channels = [c for cs in by_master.values() for c in cs]
+    backend = ShardedPubSubBackend(redis_cluster.cluster_url, prefix="herd")
+    await backend.connect()
+    publisher = cluster_client(redis_cluster.cluster_url)
+    try:
+        await asyncio.gather(*(backend.subscribe(c) for c in channels))
+        for channel in channels:
+            await publisher.spublish(backend.pubsub_channel(channel), channel)
+        seen: set[str] = set()
+        async with asyncio.timeout(10):
+            while seen != set(channels):
+                event = await backend.next_published()
+                assert event.message == event.channel
+                seen.add(event.channel)
+    finally:
+        await publisher.aclose()
+        await backend.disconnect()
