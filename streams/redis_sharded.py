@@ -65,12 +65,14 @@ class _Shard:
         )
         self.pubsub: PubSub = self.client.pubsub()
         self._connecting = asyncio.Lock()
+        self._has_channels = asyncio.Event()
         self.channels: set[str] = set()
         self.failed = False
         self.reader = asyncio.create_task(self._read(), name=f"redis-shard-{self.name}")
 
     async def add(self, channels: list[str]) -> None:
         self.channels.update(channels)
+        self._has_channels.set()
         async with self._connecting:  # once, before any subscribe (connect_pubsub)
             if self.pubsub.connection is None:
                 await connect_pubsub(self.pubsub)
@@ -97,8 +99,14 @@ class _Shard:
         try:
             while True:
                 if not self.pubsub.subscribed:
-                    # redis-py does not read a pubsub connection with no subscriptions.
-                    await asyncio.sleep(0.01)
+                    # redis-py does not read a pubsub connection with no subscriptions:
+                    # wait for a channel (a shard can stay empty for good, e.g. a
+                    # master demoted by a failover), or for one in flight.
+                    if not self.channels:
+                        self._has_channels.clear()
+                        await self._has_channels.wait()
+                    else:
+                        await asyncio.sleep(0.01)
                     continue
                 message = await self.pubsub.get_message(timeout=1.0)
                 if message is not None:
