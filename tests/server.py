@@ -121,6 +121,11 @@ def _pg_admin(url: str, *statements: str) -> None:
         finally:
             await conn.close()
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop here (at exit, or a sync test)
+        asyncio.run(run())
+        return
     # In a thread of its own: async tests call cli() from a running event loop.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, run()).result()
@@ -176,11 +181,18 @@ def _from_template(
     return result
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class ServerProcess:
     def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None) -> None:
         self.workdir = workdir
         self.env = env
         self.port = port or free_port()
+        # Ours to change while no client knows it: the port was picked here and no
+        # start succeeded yet (a restarted server keeps its port).
+        self._port_movable = port is None
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"server-{self.port}.log"
 
@@ -219,6 +231,21 @@ class ServerProcess:
         )
 
     def start(self, *, timeout: float = 30.0) -> ServerProcess:
+        """Start and wait until ready. A port that another process took between
+        :func:`free_port` and the bind (CI saw it twice in thousands of starts) is
+        replaced by a fresh one, while no client knows this server's port yet."""
+        for _ in range(3):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                self.port = free_port()
+                self.log_path = self.workdir / f"server-{self.port}.log"
+                continue
+            self._port_movable = False
+            return self
+        raise RuntimeError(f"no free port after 3 tries:\n{self.log()}")
+
+    def _start(self, timeout: float) -> None:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "api", "serve", "--port", str(self.port)],
@@ -231,10 +258,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if self._port_movable and "address already in use" in self.log():
+                    raise _PortTaken
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
