@@ -167,6 +167,27 @@ class MemoryChannelLog:
         return retained
 
 
+# On a Redis Cluster, inserted after the epoch is known (see RedisChannelLog): the
+# meta hash also names the master that last wrote the channel ('n'). Replication is
+# asynchronous, so after a failover the promoted replica may lack messages the old
+# master acknowledged, and would hand their offsets out again in the same epoch:
+# live subscribers would drop the new messages as already seen, and resumes would
+# miss the lost ones. A write by another master than the last therefore starts a
+# new epoch (a reset for subscribers and resumes), never a silent gap.
+_NEW_WRITER = """
+local me = redis.call('CLUSTER', 'MYID')
+local writer = redis.call('HGET', KEYS[1], 'n')
+if writer ~= me then
+  if writer then
+    epoch = ARGV[5]
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+    redis.call('DEL', KEYS[2], KEYS[3])
+  end
+  redis.call('HSET', KEYS[1], 'n', me)
+end
+"""
+_EPOCH_KNOWN = "  redis.call('DEL', KEYS[2], KEYS[3])\nend\n"
+
 # KEYS[1] meta hash {epoch, offset}; KEYS[2] stream of envelopes with ids 0-<offset>;
 # KEYS[3] hash of publish keys taken: key -> "offset:epoch:ms".
 # ARGV: pubsub channel, body, maxlen, ttl ms, epoch to use if the channel is new,
@@ -250,9 +271,14 @@ class RedisChannelLog:
         self._pubsub_name = pubsub_name
         self._size = size
         self._ttl_ms = int(ttl_seconds * 1000)
-        # On a cluster the script SPUBLISHes to the channel's shard; the pubsub name
-        # carries the channel as its hash tag, so it shares the keys' slot.
-        self._script = client.register_script(sharded(_PUBLISH, cluster))
+        # On a cluster the script SPUBLISHes to the channel's shard (the pubsub name
+        # carries the channel as its hash tag, so it shares the keys' slot), and a
+        # new writing master starts a new epoch (_NEW_WRITER).
+        script = _PUBLISH
+        if cluster:
+            assert script.count(_EPOCH_KNOWN) == 1
+            script = script.replace(_EPOCH_KNOWN, _EPOCH_KNOWN + _NEW_WRITER)
+        self._script = client.register_script(sharded(script, cluster))
 
     def _keys(self, channel: str) -> tuple[str, str]:
         tag = f"{self._prefix}:{{{channel}}}"

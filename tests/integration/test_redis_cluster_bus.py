@@ -5,6 +5,9 @@ shard, and a shard that fails over or dies gapping only its own channels."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +17,7 @@ from streams.bus import Bus
 from streams.envelope import Envelope, Position
 from streams.hub import Item, Reset
 from streams.redis_backend import GAP
-from streams.redis_client import cluster_client
+from streams.redis_client import REDIS_DOWN, cluster_client
 from streams.redis_sharded import ShardedPubSubBackend
 from tests.redis_cluster import RedisCluster
 
@@ -203,3 +206,60 @@ async def test_concurrent_first_subscribes_on_a_master_all_deliver(
     finally:
         await publisher.aclose()
         await backend.disconnect()
+
+
+async def test_writes_a_failover_lost_end_in_a_reset_never_a_silent_gap(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Replication is asynchronous: a master can acknowledge messages its replica
+    never got, then die. The promoted replica must not hand their offsets out again
+    in the same epoch (live subscribers would drop the new messages as seen, and
+    resumes would miss the lost ones): its first write starts a new epoch."""
+    victim = redis_cluster.masters()[0].port
+    replica = redis_cluster.replica_of(victim).port
+    channel = next(
+        c
+        for c in (f"institution:lost{n}" for n in range(10_000))
+        if redis_cluster.master_for_key(f"lost:ch:{{{c}}}").port == victim
+    )
+    sub = make_bus(redis_cluster.cluster_url, "lost")
+    pub = make_bus(redis_cluster.cluster_url, "lost")
+    await sub.connect()
+    await pub.connect()
+    replica_pid = redis_cluster.processes[replica].pid
+    try:
+        async with sub.stream(channel) as items:
+            first = await pub.publish(channel, "note", {"n": "a1"})
+            assert [i.position for i in await take(items, 1)] == [first.position]
+            # Replication lag made certain: the replica is stopped and cut off while
+            # the master acknowledges three more.
+            os.kill(replica_pid, signal.SIGSTOP)
+            redis_cluster.call(victim, "CLIENT", "KILL", "TYPE", "replica")
+            lost = [await pub.publish(channel, "note", {"n": f"a{n}"}) for n in (2, 3, 4)]
+            assert [i.position for i in await take(items, 3)] == [e.position for e in lost]
+            redis_cluster.kill(victim)
+            os.kill(replica_pid, signal.SIGCONT)
+            await asyncio.to_thread(redis_cluster.wait_ok)
+
+            async def publish(n: str) -> Envelope:
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            return await pub.publish(channel, "note", {"n": n})
+                        except REDIS_DOWN:
+                            await asyncio.sleep(0.2)
+
+            after = [await publish(f"b{n}") for n in (1, 2, 3, 4)]
+            assert len({e.epoch for e in after}) == 1 and after[0].epoch != first.epoch
+            assert [e.offset for e in after] == [1, 2, 3, 4]
+            got = await take(items, 5)
+        assert isinstance(got[0], Reset) and got[0].position.epoch == after[0].epoch
+        assert [i.data["n"] for i in got[1:] if isinstance(i, Envelope)] == ["b1", "b2", "b3", "b4"]
+        async with sub.stream(channel, since=lost[-1].position) as resumed:
+            assert isinstance(await anext(resumed), Reset)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica_pid, signal.SIGCONT)
+        await pub.close()
+        await sub.close()
+        await asyncio.to_thread(redis_cluster.revive, victim)
