@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,11 @@ def parse_redis_url(url: str) -> RedisTarget:
     """Raise ``ValueError`` with what is wrong, so settings can refuse a bad URL at
     start instead of the first publish failing."""
     if "," in url and url.count("://") > 1:
-        shards = tuple(u.strip() for u in url.split(","))
+        # Split only at a comma that starts another URL: a password may hold one.
+        shards = tuple(u.strip() for u in re.split(r",(?=\s*[A-Za-z][\w+.-]*://)", url))
         for shard in shards:
-            if urlsplit(shard).scheme.lower() not in _PLAIN_SCHEMES or "," in shard:
+            parts = urlsplit(shard)
+            if parts.scheme.lower() not in _PLAIN_SCHEMES or "," in parts.netloc.rpartition("@")[2]:
                 raise ValueError(f"a shard list takes redis:// URLs, not {shard!r}")
         if len(set(shards)) != len(shards):
             raise ValueError("a Redis shard is listed twice")
@@ -75,7 +78,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in _PLAIN_SCHEMES:
-        if "," in parts.netloc:
+        if "," in parts.netloc.rpartition("@")[2]:  # hosts, not a password
             raise ValueError(
                 "several hosts in a redis:// URL: for a Redis Cluster use "
                 "redis+cluster://host:port,host:port, for independent shards "

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
+from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +50,19 @@ _FAILURES: tuple[type[BaseException], ...] = (*REDIS_DOWN, ConnectionError)
 # How long /readyz waits for one shard's probe publish (a paused or failing-over
 # master must not hold the health check).
 PROBE_SECONDS = 2.0
+# How often the slot map is read again when nothing broke. A master that hangs
+# (stopped, cut off by the network) keeps its TCP connection open and sends
+# nothing, so its readers never see an error; once Redis has promoted its
+# replica, this check finds its channels' slots served elsewhere and moves them.
+TOPOLOGY_SECONDS = 2.0
+# Socket limits of the topology client: a hung node must not hold a refresh.
+SOCKET_SECONDS = 2.0
+
+
+def _loud(task: asyncio.Task[None]) -> None:
+    """A background task must never die silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("redis.task_died", task=task.get_name(), error=repr(task.exception()))
 
 
 class _Shard:
@@ -67,6 +82,9 @@ class _Shard:
         self._connecting = asyncio.Lock()
         self._has_channels = asyncio.Event()
         self.channels: set[str] = set()
+        # Our own SUNSUBSCRIBEs whose replies have not come back: their reply must
+        # not read as Redis dropping a channel re-subscribed meanwhile.
+        self._leaving: Counter[str] = Counter()
         self.failed = False
         self.reader = asyncio.create_task(self._read(), name=f"redis-shard-{self.name}")
 
@@ -83,8 +101,12 @@ class _Shard:
     async def remove(self, channel: str) -> None:
         self.channels.discard(channel)
         if not self.failed:
+            self._leaving[channel] += 1
             with suppress(*_FAILURES):
-                await self.pubsub.sunsubscribe(self.owner.pubsub_channel(channel))
+                # Bounded: the node may hang (its channel was moved off it).
+                await asyncio.wait_for(
+                    self.pubsub.sunsubscribe(self.owner.pubsub_channel(channel)), SOCKET_SECONDS
+                )
 
     async def close(self) -> None:
         self.reader.cancel()
@@ -125,6 +147,10 @@ class _Shard:
         if kind == "smessage":
             data = message["data"]
             self.owner.deliver(channel, data.decode() if isinstance(data, bytes) else data)
+        elif self._leaving[channel] > 0:
+            self._leaving[channel] -= 1  # the reply to our own unsubscribe
+            if not self._leaving[channel]:
+                del self._leaving[channel]
         elif channel in self.channels:
             # Not asked for: Redis dropped the channel because its slot now lives
             # on another master (failover, resharding).
@@ -154,6 +180,7 @@ class ShardedPubSubBackend(BroadcastBackend):
         self._repair_needed = asyncio.Event()
         self._repairer: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.reconnects = 0
 
     # -- names ------------------------------------------------------------------
@@ -169,7 +196,7 @@ class ShardedPubSubBackend(BroadcastBackend):
         """The URL's credentials and options, at one node."""
         parts = self._node_url
         credentials = parts.netloc.rpartition("@")[0]
-        where = f"{host}:{port}"
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6
         return urlunsplit(
             (parts.scheme, f"{credentials}@{where}" if credentials else where, "", parts.query, "")
         )
@@ -192,9 +219,12 @@ class ShardedPubSubBackend(BroadcastBackend):
         )
 
     async def connect(self) -> None:
-        self._cluster = cluster_client(self._url)
+        self._cluster = cluster_client(
+            self._url, socket_timeout=SOCKET_SECONDS, socket_connect_timeout=SOCKET_SECONDS
+        )
         await self._cluster.initialize()
         self._repairer = asyncio.create_task(self._repair_forever(), name="redis-shard-repair")
+        self._repairer.add_done_callback(_loud)
 
     async def disconnect(self) -> None:
         if self._repairer is not None:
@@ -204,6 +234,8 @@ class ShardedPubSubBackend(BroadcastBackend):
         for shard in list(self._shards.values()):
             await shard.close()
         self._shards.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=SOCKET_SECONDS + 1)
         if self._cluster is not None:
             await self._cluster.aclose()
 
@@ -245,6 +277,10 @@ class ShardedPubSubBackend(BroadcastBackend):
 
     # -- placement and repair ----------------------------------------------------
 
+    def _owner_of_name(self, name: str) -> str:
+        """Compared by name: a slot map refresh may hold new node objects."""
+        return self.cluster.nodes_manager.get_node_from_slot(self.cluster.keyslot(name)).name
+
     def _owner(self, channel: str) -> ClusterNode:
         """The master of the channel's slot, from the cached slot map."""
         slot = self.cluster.keyslot(self.pubsub_channel(channel))
@@ -264,7 +300,7 @@ class ShardedPubSubBackend(BroadcastBackend):
         if self._shards.get(shard.name) is shard:
             del self._shards[shard.name]
         lost = [c for c, s in self._placed.items() if s is shard]
-        asyncio.get_running_loop().create_task(shard.close())
+        self._background(shard.close())
         self.rehome(shard, lost)
 
     def rehome(self, shard: _Shard, channels: list[str]) -> None:
@@ -277,10 +313,21 @@ class ShardedPubSubBackend(BroadcastBackend):
             self._repair_needed.set()
 
     async def _repair_forever(self) -> None:
+        """Re-place broken shards' channels; between repairs, check the slot map
+        every TOPOLOGY_SECONDS. Never ends on an error: an unexpected one is logged
+        and the loop goes on after a backoff (a dead repairer would leave every
+        later break unrepaired, silently)."""
         loop = asyncio.get_running_loop()
         backoff, last = 0.05, -10.0
         while True:
-            await self._repair_needed.wait()
+            try:
+                await asyncio.wait_for(self._repair_needed.wait(), TOPOLOGY_SECONDS)
+            except TimeoutError:
+                try:
+                    await asyncio.wait_for(self._recheck(), TOPOLOGY_SECONDS + SOCKET_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - logged; the loop must go on
+                    log.warning("redis.topology_check_failed", error=repr(exc))
+                continue
             self._repair_needed.clear()
             if loop.time() - last < 1.0:
                 # Broke again right after a repair (a node that accepts and then
@@ -294,7 +341,7 @@ class ShardedPubSubBackend(BroadcastBackend):
                 try:
                     await self._repair()
                     backoff = 0.05
-                except _FAILURES as exc:
+                except Exception as exc:  # noqa: BLE001 - _FAILURES and the unforeseen
                     log.warning(
                         "redis.shard_repair_failed",
                         channels=len(self._homeless),
@@ -303,6 +350,34 @@ class ShardedPubSubBackend(BroadcastBackend):
                     )
                     await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                     backoff = min(backoff * 2, self._max_backoff)
+
+    async def _recheck(self) -> None:
+        """Move channels whose slot another master serves now (a hung master that
+        Redis failed over), and close shards left empty on nodes that no longer
+        serve slots."""
+        await self.cluster.nodes_manager.initialize()
+        moved: dict[_Shard, list[str]] = {}
+        for channel, shard in list(self._placed.items()):
+            if self._owner(channel).name != shard.name:
+                moved.setdefault(shard, []).append(channel)
+        for shard, channels in moved.items():
+            log.warning("redis.shard_channels_moved", node=shard.name, channels=len(channels))
+            for channel in channels:
+                shard.channels.discard(channel)
+                self._background(shard.remove(channel))
+            self.rehome(shard, channels)
+        masters = {n.name for n in self.cluster.get_primaries()}
+        for name, shard in list(self._shards.items()):
+            if name not in masters and not shard.channels and not shard.failed:
+                del self._shards[name]
+                self._background(shard.close())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Fire and forget, but kept (the loop holds tasks weakly) and awaited by
+        disconnect()."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _repair(self) -> None:
         """Refresh the slot map, subscribe each homeless channel at its slot's
@@ -321,6 +396,9 @@ class ShardedPubSubBackend(BroadcastBackend):
             except _FAILURES as exc:
                 failure = exc
                 self.shard_failed(shard)
+                continue
+            if shard.failed:  # broke while subscribing: its channels are homeless again
+                failure = RuntimeError(f"shard {node.name} failed while subscribing")
                 continue
             placed = [c for c in channels if c in self._homeless and c in self._wanted]
             for channel in placed:
@@ -361,7 +439,7 @@ class ShardedPubSubBackend(BroadcastBackend):
         """A channel name whose slot ``node`` serves (found by trying tags)."""
         for n in range(16384 * 4):
             name = f"{self._prefix}ready:{{{n}}}"
-            if self.cluster.nodes_manager.get_node_from_slot(self.cluster.keyslot(name)) is node:
+            if self._owner_of_name(name) == node.name:
                 return name
         raise RuntimeError(f"no slot of node {node.name} found")
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -39,6 +40,13 @@ def spread(cluster: RedisCluster, prefix: str, per_master: int = 2) -> dict[int,
             found[port].append(channel)
         n += 1
     return found
+
+
+def until_master(cluster: RedisCluster, port: int, wait: float = 30.0) -> None:
+    deadline = time.monotonic() + wait
+    while cluster.role(port) != "master":
+        assert time.monotonic() < deadline, f"{port} was not promoted"
+        time.sleep(0.2)
 
 
 async def take(items: AsyncIterator[Item], n: int, wait: float = 15.0) -> list[Item]:
@@ -263,3 +271,78 @@ async def test_writes_a_failover_lost_end_in_a_reset_never_a_silent_gap(
         await pub.close()
         await sub.close()
         await asyncio.to_thread(redis_cluster.revive, victim)
+
+
+async def test_a_hung_master_failed_over_is_noticed_without_an_error(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A stopped master keeps its TCP connections open and sends nothing: no reader
+    sees an error. Once Redis promotes its replica, the slot map says so, and its
+    channels move there (a reset: the replica may lack what the master had)."""
+    victim = redis_cluster.masters()[-1].port
+    replica = redis_cluster.replica_of(victim).port
+    channel = next(
+        c
+        for c in (f"institution:hung{n}" for n in range(10_000))
+        if redis_cluster.master_for_key(f"hung:ch:{{{c}}}").port == victim
+    )
+    sub = make_bus(redis_cluster.cluster_url, "hung")
+    pub = make_bus(redis_cluster.cluster_url, "hung")
+    await sub.connect()
+    await pub.connect()
+    victim_pid = redis_cluster.processes[victim].pid
+    try:
+        async with sub.stream(channel) as items:
+            first = await pub.publish(channel, "note", {"n": "a1"})
+            assert [i.position for i in await take(items, 1)] == [first.position]
+            os.kill(victim_pid, signal.SIGSTOP)
+            await asyncio.to_thread(until_master, redis_cluster, replica)
+            sent = []
+            for n in (1, 2, 3):
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            sent.append(await pub.publish(channel, "note", {"n": f"b{n}"}))
+                            break
+                        except REDIS_DOWN:
+                            await asyncio.sleep(0.2)
+            got = await take(items, 4, wait=20)  # the victim is still stopped
+        assert isinstance(got[0], Reset)
+        assert [i.position for i in got[1:]] == [e.position for e in sent]
+        async with asyncio.timeout(15):
+            while True:
+                try:
+                    await sub.check()
+                    break
+                except RuntimeError:
+                    await asyncio.sleep(0.2)
+    finally:
+        os.kill(victim_pid, signal.SIGCONT)
+        await pub.close()
+        await sub.close()
+        await asyncio.to_thread(redis_cluster.wait_ok)
+
+
+async def test_a_quick_unsubscribe_and_resubscribe_is_not_a_moved_slot(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A page reload unsubscribes and resubscribes a channel at once: the reply to
+    our own unsubscribe must not read as Redis dropping the channel (a gap marker,
+    a history read and a slot-map refresh for nothing)."""
+    channel = spread(redis_cluster, "resub", per_master=1)[redis_cluster.masters()[0].port][0]
+    backend = ShardedPubSubBackend(redis_cluster.cluster_url, prefix="resub")
+    await backend.connect()
+    publisher = cluster_client(redis_cluster.cluster_url)
+    try:
+        await backend.subscribe(channel)
+        for n in range(5):
+            await backend.unsubscribe(channel)
+            await backend.subscribe(channel)
+            await publisher.spublish(backend.pubsub_channel(channel), f"m{n}")
+            async with asyncio.timeout(5):
+                event = await backend.next_published()
+            assert (event.channel, event.message) == (channel, f"m{n}")
+        assert backend.reconnects == 0 and backend.connected
+    finally:
+        await publisher.aclose()
+        await backend.disconnect()

@@ -60,3 +60,20 @@ def test_a_channel_shard_is_its_slot_range() -> None:
         assert shard_of(channel, 3) == slot * 3 // 16384
     spread = {shard_of(f"user:u{n}", 4) for n in range(200)}
     assert spread == {0, 1, 2, 3}
+
+
+def test_a_comma_in_a_password_is_not_a_host_list() -> None:
+    assert parse_redis_url("redis://:pa,ss@h:6379/0").shards == ("redis://:pa,ss@h:6379/0",)
+    target = parse_redis_url("redis://:pa,ss@h:1/0,redis://:x,y@k:2/0")
+    assert target.shards == ("redis://:pa,ss@h:1/0", "redis://:x,y@k:2/0")
+
+
+def test_a_cluster_node_on_ipv6_gets_a_url_redis_py_reads() -> None:
+    from redis.asyncio.connection import parse_url
+
+    from streams.redis_sharded import ShardedPubSubBackend
+
+    backend = ShardedPubSubBackend("redis+cluster://:pw@[::1]:7000,[::1]:7001", prefix="x")
+    url = backend.node_url("::1", 7001)
+    assert url == "redis://:pw@[::1]:7001"
+    assert (parse_url(url)["host"], parse_url(url)["port"]) == ("::1", 7001)
