@@ -102,12 +102,14 @@ typecheck: dev
 # GraphiQL and dashboard pages (their operations' paths are proven by the others),
 # the Pusher HTTP API, webhooks and cross-process tests (their socket path, the one
 # a fast path is on, is proven by test_pusher_js and test_pusher_protocol in both
-# passes) and the Redis Cluster fixture's own checks.
+# passes), the Redis Cluster fixture's own checks and the bus's cluster and shard
+# tests (in process, or servers whose GraphQL paths test_cluster covers).
 STOCK_PASS_SKIP := test_kafka_analytics test_kafka_resilience test_kafka_outage \
 	test_kafka_poison test_kafka_lag test_apply_batch test_migrations test_group_commit \
 	test_publish_cost test_exposure test_tls test_token_claims test_live_metrics test_logging \
 	test_graphiql test_dashboard test_pusher_webhooks test_pusher_api test_pusher_echo \
-	test_pusher_cluster test_redis_cluster_fixture
+	test_pusher_cluster test_redis_cluster_fixture test_redis_cluster_bus test_redis_shards_bus \
+	test_cluster_state test_redis_cluster_servers
 # Third-party JavaScript clients and graphql-http's audit suite for the integration
 # tests (tests/node), reinstalled only when its lock file changes. Without npm the
 # tests that need them are skipped and say so.
