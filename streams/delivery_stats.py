@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from streams.latency import LATENCY_BUCKETS, SLOTS, quantile
+from streams.tasks import loud
 
 log = structlog.get_logger(__name__)
 
@@ -237,7 +238,7 @@ class DeliveryStats:
         await self.store.start()
         await self.flush()  # this process counts as reporting from the start
         self._task = asyncio.create_task(self._run(), name="delivery-stats-flush")
-        self._task.add_done_callback(_loud)
+        self._task.add_done_callback(loud("delivery_stats.task_died"))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -294,9 +295,3 @@ class DeliveryStats:
         readout = await asyncio.shield(self._reading)
         self._cached = readout
         return readout
-
-
-def _loud(task: asyncio.Task[None]) -> None:
-    """A background task must never die silently."""
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("delivery_stats.task_died", task=task.get_name(), error=repr(task.exception()))

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from streams.channels import ChannelError, ChannelKind, parse_channel
 from streams.presence import Census, Presence
+from streams.tasks import loud
 
 log = structlog.get_logger(__name__)
 
@@ -180,7 +181,7 @@ class PresenceSampler:
     async def start(self) -> None:
         await self.store.start()
         self._task = asyncio.create_task(self._run(), name="presence-sampler")
-        self._task.add_done_callback(_loud)
+        self._task.add_done_callback(loud("presence_history.task_died"))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -226,11 +227,3 @@ class PresenceSampler:
             last -= 1
         first = last - slots + 1
         return Series(self.interval, first, last, await self.store.read(key, first, last))
-
-
-def _loud(task: asyncio.Task[None]) -> None:
-    """A background task must never die silently."""
-    if not task.cancelled() and task.exception() is not None:
-        log.critical(
-            "presence_history.task_died", task=task.get_name(), error=repr(task.exception())
-        )

@@ -35,6 +35,7 @@ from streams.presence import Census, Member, Presence, PresenceEvent, Snapshot, 
 from streams.redis_backend import GAP
 from streams.redis_client import every, is_cluster, resilient_client, sharded, state_url
 from streams.redis_sharded import pubsub_backend
+from streams.tasks import loud
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +96,7 @@ class RedisPresence(Presence):
             ),
         ]
         for task in self._tasks:
-            task.add_done_callback(_loud)
+            task.add_done_callback(loud("presence.task_died"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -209,9 +210,3 @@ class RedisPresence(Presence):
                 self._dispatch(PresenceEvent.from_wire(json.loads(event.message)))
             except (ValueError, KeyError, TypeError):
                 log.error("presence.bad_event", message=str(event.message)[:200])
-
-
-def _loud(task: asyncio.Task[None]) -> None:
-    """A background task must never die silently."""
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("presence.task_died", task=task.get_name(), error=repr(task.exception()))

@@ -41,6 +41,7 @@ from redis.backoff import NoBackoff
 
 from streams.redis_backend import GAP, RedisPubSubBackend, close_pubsub, connect_pubsub
 from streams.redis_client import REDIS_DOWN, cluster_client, parse_redis_url, shard_of
+from streams.tasks import loud
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +58,6 @@ PROBE_SECONDS = 2.0
 TOPOLOGY_SECONDS = 2.0
 # Socket limits of the topology client: a hung node must not hold a refresh.
 SOCKET_SECONDS = 2.0
-
-
-def _loud(task: asyncio.Task[None]) -> None:
-    """A background task must never die silently."""
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("redis.task_died", task=task.get_name(), error=repr(task.exception()))
 
 
 class _Shard:
@@ -224,7 +219,7 @@ class ShardedPubSubBackend(BroadcastBackend):
         )
         await self._cluster.initialize()
         self._repairer = asyncio.create_task(self._repair_forever(), name="redis-shard-repair")
-        self._repairer.add_done_callback(_loud)
+        self._repairer.add_done_callback(loud("redis.task_died"))
 
     async def disconnect(self) -> None:
         if self._repairer is not None:
