@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -40,6 +41,37 @@ def spread(cluster: RedisCluster, prefix: str, per_master: int = 2) -> dict[int,
             found[port].append(channel)
         n += 1
     return found
+
+
+def channel_on(cluster: RedisCluster, prefix: str, port: int, stem: str) -> str:
+    """A channel whose slot the master on ``port`` serves."""
+    return next(
+        c
+        for c in (f"institution:{stem}{n}" for n in range(10_000))
+        if cluster.master_for_key(f"{prefix}:ch:{{{c}}}").port == port
+    )
+
+
+async def publish_when_back(
+    bus: Bus, channel: str, data: dict[str, Any], wait: float = 30.0
+) -> Envelope:
+    """Publish, retrying while the channel's Redis is away (failing over, restarting)."""
+    async with asyncio.timeout(wait):
+        while True:
+            try:
+                return await bus.publish(channel, "note", data)
+            except REDIS_DOWN:
+                await asyncio.sleep(0.2)
+
+
+async def until_ready(bus: Bus, wait: float = 15.0) -> None:
+    async with asyncio.timeout(wait):
+        while True:
+            try:
+                await bus.check()
+                return
+            except RuntimeError:
+                await asyncio.sleep(0.2)
 
 
 def until_master(cluster: RedisCluster, port: int, wait: float = 30.0) -> None:
@@ -225,11 +257,7 @@ async def test_writes_a_failover_lost_end_in_a_reset_never_a_silent_gap(
     resumes would miss the lost ones): its first write starts a new epoch."""
     victim = redis_cluster.masters()[0].port
     replica = redis_cluster.replica_of(victim).port
-    channel = next(
-        c
-        for c in (f"institution:lost{n}" for n in range(10_000))
-        if redis_cluster.master_for_key(f"lost:ch:{{{c}}}").port == victim
-    )
+    channel = channel_on(redis_cluster, "lost", victim, "lost")
     sub = make_bus(redis_cluster.cluster_url, "lost")
     pub = make_bus(redis_cluster.cluster_url, "lost")
     await sub.connect()
@@ -249,15 +277,7 @@ async def test_writes_a_failover_lost_end_in_a_reset_never_a_silent_gap(
             os.kill(replica_pid, signal.SIGCONT)
             await asyncio.to_thread(redis_cluster.wait_ok)
 
-            async def publish(n: str) -> Envelope:
-                async with asyncio.timeout(30):
-                    while True:
-                        try:
-                            return await pub.publish(channel, "note", {"n": n})
-                        except REDIS_DOWN:
-                            await asyncio.sleep(0.2)
-
-            after = [await publish(f"b{n}") for n in (1, 2, 3, 4)]
+            after = [await publish_when_back(pub, channel, {"n": f"b{n}"}) for n in (1, 2, 3, 4)]
             assert len({e.epoch for e in after}) == 1 and after[0].epoch != first.epoch
             assert [e.offset for e in after] == [1, 2, 3, 4]
             got = await take(items, 5)
@@ -281,11 +301,7 @@ async def test_a_hung_master_failed_over_is_noticed_without_an_error(
     channels move there (a reset: the replica may lack what the master had)."""
     victim = redis_cluster.masters()[-1].port
     replica = redis_cluster.replica_of(victim).port
-    channel = next(
-        c
-        for c in (f"institution:hung{n}" for n in range(10_000))
-        if redis_cluster.master_for_key(f"hung:ch:{{{c}}}").port == victim
-    )
+    channel = channel_on(redis_cluster, "hung", victim, "hung")
     sub = make_bus(redis_cluster.cluster_url, "hung")
     pub = make_bus(redis_cluster.cluster_url, "hung")
     await sub.connect()
@@ -297,25 +313,11 @@ async def test_a_hung_master_failed_over_is_noticed_without_an_error(
             assert [i.position for i in await take(items, 1)] == [first.position]
             os.kill(victim_pid, signal.SIGSTOP)
             await asyncio.to_thread(until_master, redis_cluster, replica)
-            sent = []
-            for n in (1, 2, 3):
-                async with asyncio.timeout(30):
-                    while True:
-                        try:
-                            sent.append(await pub.publish(channel, "note", {"n": f"b{n}"}))
-                            break
-                        except REDIS_DOWN:
-                            await asyncio.sleep(0.2)
+            sent = [await publish_when_back(pub, channel, {"n": f"b{n}"}) for n in (1, 2, 3)]
             got = await take(items, 4, wait=20)  # the victim is still stopped
         assert isinstance(got[0], Reset)
         assert [i.position for i in got[1:]] == [e.position for e in sent]
-        async with asyncio.timeout(15):
-            while True:
-                try:
-                    await sub.check()
-                    break
-                except RuntimeError:
-                    await asyncio.sleep(0.2)
+        await until_ready(sub)
     finally:
         os.kill(victim_pid, signal.SIGCONT)
         await pub.close()

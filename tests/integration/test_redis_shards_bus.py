@@ -11,9 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from streams.bus import Bus
-from streams.envelope import Envelope, Position
+from streams.envelope import Position
 from streams.hub import Item, Reset
 from streams.redis_client import shard_of
+from tests.integration.test_redis_cluster_bus import publish_when_back, until_ready
 from tests.services import RedisProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -98,27 +99,13 @@ async def test_a_shard_restarted_empty_resets_only_its_channels(
             assert [i.offset for i in await take(kept_items, 1)] == [2]
             await asyncio.to_thread(shards[0].start)  # empty: no persistence
 
-            async def publish_when_back() -> Envelope:
-                async with asyncio.timeout(15):
-                    while True:
-                        try:
-                            return await bus.publish(lost, "note", {"n": 2})
-                        except Exception:
-                            await asyncio.sleep(0.1)
-
-            first_of_new_epoch = await publish_when_back()
+            first_of_new_epoch = await publish_when_back(bus, lost, {"n": 2}, wait=15)
             got = await take(lost_items, 2)
             await bus.publish(kept, "note", {"n": 3})
             assert [i.offset for i in await take(kept_items, 1)] == [3]
         assert isinstance(got[0], Reset) and got[0].position.epoch == first_of_new_epoch.epoch
         assert got[1] == first_of_new_epoch or got[1].position == first_of_new_epoch.position
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    await bus.check()
-                    break
-                except RuntimeError:
-                    await asyncio.sleep(0.1)
+        await until_ready(bus, wait=10)
     finally:
         await bus.close()
 
